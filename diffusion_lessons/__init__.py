@@ -1,0 +1,11 @@
+"""diffusion_lessons: the package behind the course.
+
+One Gaussian path x_t = alpha_t x0 + sigma_t eps (t = 0 data, t = 1 noise), one conversion between
+the four prediction targets, exact references for Gaussian mixtures, one model signature
+model(x, t), one trainer and solvers that take any field. See DESIGN.md for the map.
+"""
+__version__ = "0.1.0"
+
+
+from .paths import *  # noqa: F401,F403
+from .distributions import *  # noqa: F401,F403

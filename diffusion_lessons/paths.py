@@ -1,0 +1,325 @@
+"""Gaussian paths x_t = alpha(t) x0 + sigma(t) eps and the conversions between prediction targets.
+
+Time convention, for every path in the package: t = 0 is data, t = 1 is noise (MATH.md §0.1).
+
+A path fixes the forward process three equivalent ways:
+
+* the perturbation kernel  x_t | x0 ~ N(alpha_t x0, sigma_t^2 I);
+* the linear Ito SDE       dx = f(t) x dt + g(t) dw  with
+  f = alpha'/alpha  and  g^2 = 2 sigma sigma' - 2 f sigma^2;
+* the log signal-to-noise ratio  log SNR(t) = log(alpha_t^2 / sigma_t^2).
+
+Given x_t, the four prediction targets are affine in one another (MATH.md §0.3):
+
+    score = -eps / sigma,   x0 = (x + sigma^2 score) / alpha   (Tweedie),
+    velocity = alpha' x0 + sigma' eps = f x - g^2 / 2 * score.
+
+`convert` implements these maps once, so no other module needs an `if target == ...` chain.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["Path", "VP", "SubVP", "VE", "RectifiedFlow", "Cosine", "convert", "TARGETS", "PATHS", "make_path"]
+
+TARGETS = ("eps", "x0", "score", "velocity", "v")
+
+
+def as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
+    """Return `t` as a tensor (float64 for Python numbers, else on `like`'s device and dtype).
+
+    Raises ValueError when any time lies outside [0, 1], the only interval on which paths are defined.
+    """
+    if isinstance(t, torch.Tensor):
+        out = t if like is None else t.to(device=like.device, dtype=like.dtype)
+    else:
+        dtype = torch.float64 if like is None else like.dtype
+        device = None if like is None else like.device
+        out = torch.as_tensor(t, dtype=dtype, device=device)
+    if not out.is_floating_point():
+        out = out.to(torch.get_default_dtype())
+    if out.numel() and not bool(((out >= 0) & (out <= 1)).all()):
+        bad = out[(out < 0) | (out > 1) | torch.isnan(out)].flatten()[:3].tolist()
+        raise ValueError(f"time must lie in [0, 1] (t = 0 data, t = 1 noise); got {bad}")
+    return out
+
+
+def expand_time(t, x: torch.Tensor) -> torch.Tensor:
+    """Time as a tensor shaped to broadcast against x ([N] -> [N, 1, ..., 1]); scalar stays scalar."""
+    t = as_time(t, x)
+    if t.dim() == 0:
+        return t
+    if t.dim() != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"t must be a float or a tensor of shape [N] = [{x.shape[0]}] matching x's batch; "
+            f"got shape {list(t.shape)}"
+        )
+    return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+class Path:
+    """Base class: subclasses define alpha, sigma and their time derivatives dalpha, dsigma.
+
+    Every method takes t as a float or a tensor and returns a tensor of the same shape.
+    """
+
+    name = "path"
+
+    def alpha(self, t) -> torch.Tensor:
+        raise NotImplementedError
+
+    def sigma(self, t) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dalpha(self, t) -> torch.Tensor:
+        raise NotImplementedError
+
+    def dsigma(self, t) -> torch.Tensor:
+        raise NotImplementedError
+
+    def f(self, t) -> torch.Tensor:
+        """Drift coefficient of the forward SDE dx = f x dt + g dw: f = alpha' / alpha."""
+        return self.dalpha(t) / self.alpha(t)
+
+    def g2(self, t) -> torch.Tensor:
+        """Squared diffusion coefficient g^2 = d(sigma^2)/dt - 2 f sigma^2 (MATH.md §0.1)."""
+        sigma = self.sigma(t)
+        return 2 * sigma * self.dsigma(t) - 2 * self.f(t) * sigma**2
+
+    def snr(self, t) -> torch.Tensor:
+        """Signal-to-noise ratio alpha^2 / sigma^2."""
+        return (self.alpha(t) / self.sigma(t)) ** 2
+
+    def log_snr(self, t) -> torch.Tensor:
+        """log SNR = 2 log(alpha / sigma) = 2 lambda_t."""
+        return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
+
+    def sample(self, x0: torch.Tensor, t, eps: torch.Tensor | None = None, generator=None):
+        """Draw x_t = alpha_t x0 + sigma_t eps.  t: float or tensor [N]. Returns (x_t, eps)."""
+        if eps is None:
+            eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        elif eps.shape != x0.shape:
+            raise ValueError(f"eps must have x0's shape {list(x0.shape)}; got {list(eps.shape)}")
+        tt = expand_time(t, x0)
+        return self.alpha(tt) * x0 + self.sigma(tt) * eps, eps
+
+    def prior_std(self) -> float:
+        """Standard deviation of x_1 for unit-variance-free data: sigma(1) (the usual prior N(0, sigma_1^2 I))."""
+        return float(self.sigma(1.0))
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+    def config(self) -> dict:
+        """A JSON-friendly description, enough to rebuild the path with `make_path`."""
+        return {"name": self.name, **vars(self)}
+
+
+class VP(Path):
+    """Variance-preserving path of Song et al. (2021): alpha = exp(-B/2), sigma = sqrt(1 - exp(-B)).
+
+    beta(t) = beta_min + t (beta_max - beta_min), B(t) = int_0^t beta; f = -beta/2, g^2 = beta.
+    """
+
+    name = "vp"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
+        if not (0 <= beta_min <= beta_max) or beta_max <= 0:
+            raise ValueError(f"VP needs 0 <= beta_min <= beta_max, beta_max > 0; got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    def beta(self, t):
+        t = as_time(t)
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def B(self, t):
+        t = as_time(t)
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def alpha(self, t):
+        return torch.exp(-0.5 * self.B(t))
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(-self.B(t)))
+
+    def dalpha(self, t):
+        return -0.5 * self.beta(t) * self.alpha(t)
+
+    def dsigma(self, t):
+        # d/dt sqrt(1 - e^{-B}) = beta e^{-B} / (2 sigma)
+        return 0.5 * self.beta(t) * torch.exp(-self.B(t)) / self.sigma(t)
+
+    def f(self, t):
+        return -0.5 * self.beta(t)
+
+    def g2(self, t):
+        return self.beta(t)
+
+
+class SubVP(VP):
+    """Sub-VP path of Song et al. (2021): alpha as VP, sigma = 1 - exp(-B); g^2 = beta (1 - e^{-2B})."""
+
+    name = "subvp"
+
+    def sigma(self, t):
+        return -torch.expm1(-self.B(t))
+
+    def dsigma(self, t):
+        return self.beta(t) * torch.exp(-self.B(t))
+
+    def g2(self, t):
+        return self.beta(t) * -torch.expm1(-2 * self.B(t))
+
+
+class VE(Path):
+    """Variance-exploding path (SMLD): alpha = 1, sigma = sqrt(s(t)^2 - s_min^2), s(t) = s_min (s_max/s_min)^t.
+
+    With this sigma the kernel is exact for the SDE dx = sqrt(d s^2/dt) dw started at t = 0
+    (Song's code uses s(t) itself as the kernel std; MATH.md appendix B, pitfall 2).
+    g^2 = 2 s(t)^2 log(s_max / s_min).
+    """
+
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
+        if not (0 < sigma_min < sigma_max):
+            raise ValueError(f"VE needs 0 < sigma_min < sigma_max; got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def _s(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** as_time(t)
+
+    def alpha(self, t):
+        return torch.ones_like(as_time(t))
+
+    def dalpha(self, t):
+        return torch.zeros_like(as_time(t))
+
+    def sigma(self, t):
+        return torch.sqrt(self._s(t) ** 2 - self.sigma_min**2)
+
+    def dsigma(self, t):
+        return self.g2(t) / (2 * self.sigma(t))
+
+    def f(self, t):
+        return torch.zeros_like(as_time(t))
+
+    def g2(self, t):
+        return 2 * self._s(t) ** 2 * math.log(self.sigma_max / self.sigma_min)
+
+
+class RectifiedFlow(Path):
+    """Straight path alpha = 1 - t, sigma = t (rectified flow; flow matching with t = 0 data, t = 1 noise).
+
+    f = -1 / (1 - t) and g^2 = 2 t / (1 - t) blow up at t = 1: the SDE view needs t < 1, the
+    velocity u = eps - x0 does not.
+    """
+
+    name = "rf"
+
+    def alpha(self, t):
+        return 1 - as_time(t)
+
+    def sigma(self, t):
+        return as_time(t).clone()
+
+    def dalpha(self, t):
+        return -torch.ones_like(as_time(t))
+
+    def dsigma(self, t):
+        return torch.ones_like(as_time(t))
+
+
+class Cosine(Path):
+    """Trigonometric path alpha = cos(pi t / 2), sigma = sin(pi t / 2) (alpha^2 + sigma^2 = 1).
+
+    This is the continuous-time form of Nichol & Dhariwal's cosine schedule without the offset s,
+    and the trigonometric stochastic interpolant of Albergo et al.
+    """
+
+    name = "cosine"
+
+    def alpha(self, t):
+        return torch.cos(0.5 * math.pi * as_time(t))
+
+    def sigma(self, t):
+        return torch.sin(0.5 * math.pi * as_time(t))
+
+    def dalpha(self, t):
+        return -0.5 * math.pi * self.sigma(t)
+
+    def dsigma(self, t):
+        return 0.5 * math.pi * self.alpha(t)
+
+
+PATHS = {"vp": VP, "subvp": SubVP, "ve": VE, "rf": RectifiedFlow, "cosine": Cosine}
+
+
+def make_path(name: str | dict | Path, **kwargs) -> Path:
+    """Build a path from its name ("vp", "subvp", "ve", "rf", "cosine"), a `Path.config()` dict, or a Path."""
+    if isinstance(name, Path):
+        return name
+    if isinstance(name, dict):
+        kwargs = {**{k: v for k, v in name.items() if k != "name"}, **kwargs}
+        name = name["name"]
+    key = str(name).lower().replace("-", "").replace("_", "")
+    aliases = {"rectifiedflow": "rf", "flow": "rf", "vesde": "ve", "vpsde": "vp"}
+    key = aliases.get(key, key)
+    if key not in PATHS:
+        raise ValueError(f"unknown path {name!r}; valid paths: {', '.join(PATHS)}")
+    return PATHS[key](**kwargs)
+
+
+def _to_x0_eps(value, src, x, t, path):
+    """Express a prediction of type src as the pair (x0_hat, eps_hat), using x = alpha x0 + sigma eps."""
+    a, s = path.alpha(t), path.sigma(t)
+    if src == "eps":
+        return (x - s * value) / a, value
+    if src == "x0":
+        return value, (x - a * value) / s
+    if src == "score":
+        eps = -s * value
+        return (x - s * eps) / a, eps
+    if src == "velocity":
+        # solve [alpha sigma; alpha' sigma'] [x0; eps] = [x; u]
+        da, ds = path.dalpha(t), path.dsigma(t)
+        det = a * ds - s * da
+        return (ds * x - s * value) / det, (a * value - da * x) / det
+    if src == "v":  # v = alpha eps - sigma x0, for alpha^2 + sigma^2 = 1 (Salimans & Ho)
+        return a * x - s * value, s * x + a * value
+    raise ValueError(f"unknown target {src!r}; valid targets: {', '.join(TARGETS)}")
+
+
+def _from_x0_eps(x0, eps, dst, x, t, path):
+    if dst == "eps":
+        return eps
+    if dst == "x0":
+        return x0
+    if dst == "score":
+        return -eps / path.sigma(t)
+    if dst == "velocity":
+        return path.dalpha(t) * x0 + path.dsigma(t) * eps
+    if dst == "v":
+        return path.alpha(t) * eps - path.sigma(t) * x0
+    raise ValueError(f"unknown target {dst!r}; valid targets: {', '.join(TARGETS)}")
+
+
+def convert(value: torch.Tensor, src: str, dst: str, x: torch.Tensor, t, path: Path) -> torch.Tensor:
+    """Convert a prediction at (x, t) from one target to another (MATH.md §0.3).
+
+    value, x: tensors [N, ...] of the same shape; t: float or tensor [N];
+    src, dst in {"eps", "x0", "score", "velocity", "v"} ("v" needs alpha^2 + sigma^2 = 1).
+    """
+    for name in (src, dst):
+        if name not in TARGETS:
+            raise ValueError(f"unknown target {name!r}; valid targets: {', '.join(TARGETS)}")
+    if value.shape != x.shape:
+        raise ValueError(f"value and x must have the same shape; got {list(value.shape)} and {list(x.shape)}")
+    if src == dst:
+        return value
+    tt = expand_time(t, x)
+    x0, eps = _to_x0_eps(value, src, x, tt, path)
+    return _from_x0_eps(x0, eps, dst, x, tt, path)
