@@ -6,6 +6,8 @@ model(x, t), one trainer and solvers that take any field. See DESIGN.md for the 
 """
 __version__ = "0.1.0"
 
-
-from .paths import *  # noqa: F401,F403
+from . import budget, objectives, widgets  # noqa: F401  (used as dl.budget.pick, dl.objectives.loss, ...)
 from .distributions import *  # noqa: F401,F403
+from .nets import *  # noqa: F401,F403
+from .paths import *  # noqa: F401,F403
+from .training import *  # noqa: F401,F403

@@ -8,7 +8,15 @@ import torch
 import diffusion_lessons as dl
 from reference import GMM2, gmm_logpdf_score, gmm_posterior_mean, gmm_t
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """These checks compare with float64 references; restore the default dtype afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 @pytest.fixture

@@ -1,0 +1,145 @@
+"""The command line: train a model on a 2-D toy set, then sample it with the probability-flow ODE.
+
+    diffusion-lessons train --data moons --target eps --steps 2000 [--path vp] [--seed 0]
+                            [--budget laptop] [--out model.pt]
+    diffusion-lessons sample model.pt --n 2000 --out samples.png [--steps 100] [--seed 0]
+
+`train` fits a TimeMLP with `training.fit` (so the checkpoint lands in the cache and a second run
+is instant) and prints where the checkpoint is. `sample` rebuilds the model from the checkpoint,
+turns its prediction into the PF-ODE velocity u = alpha' x0_hat + sigma' eps_hat with
+`paths.convert`, and integrates dx/dt = u from noise to data with Heun's method.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path as FilePath
+
+import numpy as np
+import torch
+
+from .distributions import TOY_DATASETS, toy_data
+from .nets import TimeMLP
+from .paths import PATHS, convert, make_path
+from .solvers import sample_ode, time_grid
+from .training import CheckpointError, TrainingError, fit, load_checkpoint, save_checkpoint
+
+__all__ = ["main"]
+
+PROG = "diffusion-lessons"
+CLI_TARGETS = ("eps", "x0", "score", "velocity")
+SAMPLE_FORMATS = (".npz", ".png", ".pdf", ".svg")
+
+
+class ToySet:
+    """A 2-D toy set as a data source for `fit`: fresh samples every batch; its name joins the cache key."""
+
+    def __init__(self, name: str):
+        if name not in TOY_DATASETS:
+            raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(TOY_DATASETS)}")
+        self.name = name
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return toy_data(self.name, n, generator=generator)
+
+    def config(self) -> dict:
+        return {"name": self.name}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Train and sample the course's diffusion models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a TimeMLP on a 2-D toy set (cached)")
+    train.add_argument("--data", required=True, help=f"toy set: {', '.join(TOY_DATASETS)}")
+    train.add_argument("--target", default="eps", help=f"what the network predicts: {', '.join(CLI_TARGETS)}")
+    train.add_argument("--steps", type=int, help="training steps (default: from the budget)")
+    train.add_argument("--path", default="vp", help=f"noising path: {', '.join(PATHS)} (default: vp)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--budget", help="smoke, laptop or gpu (default: $DIFFUSION_LESSONS_BUDGET, else by device)")
+    train.add_argument("--out", type=FilePath, help="also write the checkpoint to this file")
+    train.set_defaults(run=_train)
+    sample = commands.add_parser("sample", help="sample a trained checkpoint with the probability-flow ODE")
+    sample.add_argument("checkpoint", type=FilePath)
+    sample.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
+    sample.add_argument("--out", type=FilePath, required=True,
+                        help="output: .npz (array 'samples') or a scatter plot (.png, .pdf, .svg)")
+    sample.add_argument("--steps", type=int, default=100, help="Heun steps from t = 1 to t_min (default: 100)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--weights", choices=("ema", "model"), default="ema",
+                        help="the EMA weights (default) or the last training weights")
+    sample.set_defaults(run=_sample)
+    return parser
+
+
+def _train(args) -> int:
+    if args.target not in CLI_TARGETS:
+        raise ValueError(f"unknown target {args.target!r}; valid targets: {', '.join(CLI_TARGETS)}")
+    data, path = ToySet(args.data), make_path(args.path)
+    result = fit(TimeMLP(2), data, path, target=args.target, budget=args.budget, steps=args.steps, seed=args.seed,
+                 name=f"{args.data}-{args.target}-{path.name}")
+    file = result.checkpoint
+    if args.out is not None:
+        file = save_checkpoint(args.out, result.model, result.config, ema=result.ema, history=result.history)
+    how = "loaded from the cache" if result.from_cache else f"trained in {result.seconds:.1f} s"
+    print(f"{how}; final loss {result.history['loss'][-1]:.4f}\ncheckpoint: {file}")
+    return 0
+
+
+def _start_time(path, target: str, t_min: float) -> float:
+    """t = 1, except where an eps or score model has no velocity there.
+
+    Where alpha(1) = 0 (rf, cosine) the velocity needs x0_hat = (x - sigma eps_hat) / alpha, undefined
+    at t = 1; those start at 1 - t_min, inside the range of times the model was trained on.
+    """
+    return 1.0 if target in ("x0", "velocity") or float(path.alpha(1.0)) > 1e-6 else 1.0 - t_min
+
+
+def _sample(args) -> int:
+    if args.out.suffix.lower() not in SAMPLE_FORMATS:
+        raise ValueError(f"cannot write samples to {args.out}: use one of {', '.join(SAMPLE_FORMATS)}")
+    if args.n < 1 or args.steps < 1:
+        raise ValueError(f"--n and --steps must be positive; got {args.n} and {args.steps}")
+    model, config = load_checkpoint(args.checkpoint, which=args.weights)
+    missing = [k for k in ("path", "target", "t_min") if k not in config]
+    if missing or "dim" not in config["model"]:
+        raise CheckpointError(f"{args.checkpoint} cannot be sampled here: its config lacks "
+                              f"{missing or ['model.dim']} (write it with `{PROG} train` or fit)")
+    path, target, t_min = make_path(config["path"]), config["target"], float(config["t_min"])
+    t_start = _start_time(path, target, t_min)
+    generator = torch.Generator().manual_seed(args.seed)
+    x = float(path.sigma(t_start)) * torch.randn(args.n, config["model"]["dim"], generator=generator)
+
+    def velocity(x, t):
+        return convert(model(x, t), target, "velocity", x, t, path)
+
+    with torch.no_grad():
+        x = sample_ode(velocity, x, time_grid(args.steps, t_start, t_min), method="heun")
+    _write_samples(x.numpy(), args.out, title=f"{config['model']['class']}, {path.name}, {target}")
+    print(f"wrote {args.n} samples to {args.out}")
+    return 0
+
+
+def _write_samples(samples: np.ndarray, out: FilePath, title: str) -> None:
+    """samples [n, d] to .npz (array "samples") or a scatter plot of the first two coordinates."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix.lower() == ".npz":
+        np.savez(out, samples=samples)
+        return
+    from matplotlib.figure import Figure  # no pyplot: no global backend, works headless
+
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5)
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=9)
+    fig.savefig(out, dpi=150, bbox_inches="tight")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (errors: one line on stderr, status 2 or 1)."""
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, CheckpointError, TrainingError) as err:
+        print(f"{PROG}: error: " + " ".join(str(err).split()), file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1

@@ -1,0 +1,224 @@
+"""Networks with one signature: ``model(x, t, y=None) -> tensor like x``.
+
+x is a batch [N, ...], t a float or a tensor [N] in [0, 1] (t = 0 data, t = 1 noise), y optional class
+labels [N] (integers in 0..num_classes-1, or num_classes for "no label", the null label that
+classifier-free guidance needs). What the output means (eps, x0, score or velocity) is decided by
+the loss it is trained with, not by the network.
+
+* ``TimeMLP``   -- vectors [N, dim] (2-D toy sets);
+* ``UNet``      -- images [N, C, H, W] (16x16, 32x32 digits);
+* ``EnergyNet`` -- a scalar energy E(x, t) whose field is -grad_x E: conservative by construction.
+
+Every model keeps its constructor arguments in ``model.config`` (``{"class": ..., **kwargs}``), and
+``build_model(model.config)`` rebuilds it: that is what checkpoints store.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .paths import expand_time
+
+__all__ = ["TimeEmbedding", "TimeMLP", "UNet", "EnergyNet", "build_model", "MODELS"]
+
+
+class TimeEmbedding(nn.Module):
+    """Fourier features of t in [0, 1]: [sin(w_k t), cos(w_k t)], w_k geometric from 1 to max_freq.
+
+    t [N] -> [N, dim]. The low frequencies resolve the coarse shape in t, the high ones the fast
+    change of the field near t = 0. No parameters.
+    """
+
+    def __init__(self, dim: int, max_freq: float = 1000.0):
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"TimeEmbedding needs an even dim >= 2; got {dim}")
+        freqs = torch.exp(torch.linspace(0.0, math.log(max_freq), dim // 2))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t[:, None] * self.freqs.to(t.dtype)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+def _batch_time(t, x: torch.Tensor) -> torch.Tensor:
+    """t (float or [N]) as a tensor [N] in x's dtype and device; checks t in [0, 1] and the batch size."""
+    t = expand_time(t, x)
+    return t.expand(x.shape[0]) if t.dim() == 0 else t.reshape(-1)
+
+
+class _Conditioning(nn.Module):
+    """One vector c [N, time_dim] per sample: c = MLP(TimeEmbedding(t)) + Embedding(y)."""
+
+    def __init__(self, owner: str, time_dim: int, num_classes: int | None):
+        super().__init__()
+        self.owner, self.num_classes = owner, num_classes
+        self.embed = TimeEmbedding(time_dim)
+        self.mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+        # index num_classes is the null label ("unconditional") of classifier-free guidance
+        self.labels = nn.Embedding(num_classes + 1, time_dim) if num_classes else None
+
+    def forward(self, t, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        c = self.mlp(self.embed(_batch_time(t, x)))
+        if self.labels is None:
+            if y is not None:
+                raise ValueError(f"{self.owner} was built without num_classes and takes no labels y; "
+                                 "build it with num_classes=K to condition on classes")
+            return c
+        n = x.shape[0]
+        if y is None:
+            y = torch.full((n,), self.num_classes, dtype=torch.long, device=x.device)
+        if y.shape != (n,) or y.is_floating_point() or not bool(((y >= 0) & (y <= self.num_classes)).all()):
+            raise ValueError(f"{self.owner} expects labels y: integers of shape [{n}] in 0..{self.num_classes} "
+                             f"({self.num_classes} = no label); got shape {list(y.shape)}, dtype {y.dtype}")
+        return c + self.labels(y)
+
+
+def _check_vectors(owner: str, x: torch.Tensor, dim: int) -> None:
+    if x.dim() != 2 or x.shape[1] != dim:
+        got = "[N" + "".join(f", {n}" for n in x.shape[1:]) + "]" if x.dim() else "a scalar"
+        raise ValueError(f"{owner} expects x of shape [N, {dim}]; got {got}")
+
+
+def _mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
+    if depth < 1 or hidden < 1:
+        raise ValueError(f"an MLP needs depth >= 1 and hidden >= 1; got depth={depth}, hidden={hidden}")
+    layers = [nn.Linear(n_in, hidden), nn.SiLU()]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+    return nn.Sequential(*layers, nn.Linear(hidden, n_out))
+
+
+class TimeMLP(nn.Module):
+    """MLP field for vectors: out = MLP([x, c(t, y)]), x [N, dim] -> [N, dim]; depth hidden SiLU layers."""
+
+    def __init__(self, dim: int, hidden: int = 128, depth: int = 3, time_dim: int = 32,
+                 num_classes: int | None = None):
+        super().__init__()
+        self.config = {"class": "TimeMLP", "dim": dim, "hidden": hidden, "depth": depth,
+                       "time_dim": time_dim, "num_classes": num_classes}
+        self.dim, self.owner = dim, f"TimeMLP(dim={dim})"
+        self.cond = _Conditioning(self.owner, time_dim, num_classes)
+        self.net = _mlp(dim + time_dim, hidden, depth, dim)
+
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+        _check_vectors(self.owner, x, self.dim)
+        return self.net(torch.cat([x, self.cond(t, x, y)], dim=1))
+
+
+class EnergyNet(nn.Module):
+    """Conservative field: a scalar energy E(x, t) = MLP([x, c(t)]) and forward(x, t) = -grad_x E(x, t).
+
+    The field is a gradient by construction (its Jacobian is the symmetric -Hessian of E), so it can
+    only learn conservative fields, e.g. a score. forward works under torch.no_grad() too (it turns
+    gradients on internally) and keeps the graph whenever gradients are enabled by the caller, so the
+    loss can be backpropagated through -grad_x E. It cannot run under torch.inference_mode().
+    """
+
+    def __init__(self, dim: int, hidden: int = 128, depth: int = 3, time_dim: int = 32):
+        super().__init__()
+        self.config = {"class": "EnergyNet", "dim": dim, "hidden": hidden, "depth": depth, "time_dim": time_dim}
+        self.dim, self.owner = dim, f"EnergyNet(dim={dim})"
+        self.cond = _Conditioning(self.owner, time_dim, None)
+        self.net = _mlp(dim + time_dim, hidden, depth, 1)
+
+    def energy(self, x: torch.Tensor, t) -> torch.Tensor:
+        """E(x, t), shape [N]."""
+        _check_vectors(self.owner, x, self.dim)
+        return self.net(torch.cat([x, self.cond(t, x, None)], dim=1)).squeeze(1)
+
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is not None:
+            raise ValueError(f"{self.owner} takes no labels y")
+        create_graph = torch.is_grad_enabled()  # training, or a caller differentiating the field
+        with torch.enable_grad():
+            xg = x if x.requires_grad else x.detach().requires_grad_(True)
+            # the sum over the batch has per-sample gradients, since samples do not interact
+            (grad,) = torch.autograd.grad(self.energy(xg, t).sum(), xg, create_graph=create_graph)
+        return -grad
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(8, channels)
+
+
+class _ResBlock(nn.Module):
+    """h = conv(SiLU(GN(x))) + Linear(c); h = conv(SiLU(GN(h))); return h + skip(x)."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int):
+        super().__init__()
+        self.norm1, self.conv1 = nn.GroupNorm(_groups(c_in), c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.cond = nn.Linear(cond_dim, c_out)
+        self.norm2, self.conv2 = nn.GroupNorm(_groups(c_out), c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x))) + self.cond(c)[:, :, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class UNet(nn.Module):
+    """Small UNet for images [N, channels, H, W] -> same shape; H and W divisible by 2**len(mults).
+
+    Each level i has width base * mults[i]: a residual block (GroupNorm, SiLU, time/label
+    conditioning), then a stride-2 convolution; the way up mirrors it with transposed convolutions
+    and skip connections; a residual block sits in the middle.
+    """
+
+    def __init__(self, channels: int = 1, base: int = 32, mults=(1, 2), time_dim: int = 64,
+                 num_classes: int | None = None):
+        super().__init__()
+        mults = tuple(int(m) for m in mults)
+        self.config = {"class": "UNet", "channels": channels, "base": base, "mults": list(mults),
+                       "time_dim": time_dim, "num_classes": num_classes}
+        self.channels, self.factor = channels, 2 ** len(mults)
+        self.owner = f"UNet(channels={channels}, mults={mults})"
+        self.cond = _Conditioning(self.owner, time_dim, num_classes)
+        self.inp = nn.Conv2d(channels, base, 3, padding=1)
+        widths, width = [base * m for m in mults], base
+        self.down, self.pool = nn.ModuleList(), nn.ModuleList()
+        for w in widths:
+            self.down.append(_ResBlock(width, w, time_dim))
+            self.pool.append(nn.Conv2d(w, w, 3, stride=2, padding=1))
+            width = w
+        self.mid = _ResBlock(width, width, time_dim)
+        self.unpool, self.up = nn.ModuleList(), nn.ModuleList()
+        for w in reversed(widths):
+            self.unpool.append(nn.ConvTranspose2d(width, width, 4, stride=2, padding=1))
+            self.up.append(_ResBlock(width + w, w, time_dim))
+            width = w
+        self.out = nn.Sequential(nn.GroupNorm(_groups(width), width), nn.SiLU(), nn.Conv2d(width, channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.channels or x.shape[2] % self.factor or x.shape[3] % self.factor:
+            raise ValueError(f"{self.owner} expects x of shape [N, {self.channels}, H, W] with H, W divisible "
+                             f"by {self.factor}; got {list(x.shape)}")
+        c = self.cond(t, x, y)
+        h, skips = self.inp(x), []
+        for block, pool in zip(self.down, self.pool):
+            h = block(h, c)
+            skips.append(h)
+            h = pool(h)
+        h = self.mid(h, c)
+        for unpool, block in zip(self.unpool, self.up):
+            h = block(torch.cat([unpool(h), skips.pop()], dim=1), c)
+        return self.out(h)
+
+
+MODELS = {"TimeMLP": TimeMLP, "UNet": UNet, "EnergyNet": EnergyNet}
+
+
+def build_model(config: dict) -> nn.Module:
+    """Rebuild a model from its ``config``: ``{"class": "TimeMLP", "dim": 2, ...}`` (as in ``model.config``)."""
+    if not isinstance(config, dict) or config.get("class") not in MODELS:
+        name = config.get("class") if isinstance(config, dict) else config
+        raise ValueError(f"unknown model class {name!r}; valid classes: {', '.join(MODELS)}")
+    kwargs = {k: v for k, v in config.items() if k != "class"}
+    try:
+        return MODELS[config["class"]](**kwargs)
+    except TypeError as err:
+        raise ValueError(f"bad config for {config['class']}: {err}") from None
