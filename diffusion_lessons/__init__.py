@@ -11,3 +11,5 @@ from .distributions import *  # noqa: F401,F403
 from .nets import *  # noqa: F401,F403
 from .paths import *  # noqa: F401,F403
 from .training import *  # noqa: F401,F403
+from .plotting import *  # noqa: F401,F403
+from .solvers import *  # noqa: F401,F403

@@ -1,0 +1,307 @@
+"""Figures for the chapters: schedules, densities, vector fields, samples, trajectories, image grids.
+
+Every helper takes torch tensors (or numpy arrays), draws with matplotlib only, and returns what it
+drew on: the Figure for multi-panel helpers, the Axes for single-panel helpers that accept `ax=`
+(pass your own Axes to compose panels). Nothing here calls plt.show() or changes global rcParams:
+the house look is applied inside `style()`, a context manager every helper uses and readers may too.
+
+Conventions: 2-D panels have equal aspect; densities use one colour map (DENSITY_CMAP); samples are
+COLORS["samples"], references COLORS["reference"]; titles carry the time, e.g. "t = 0.30".
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.collections import LineCollection
+
+__all__ = [
+    "style",
+    "COLORS",
+    "DENSITY_CMAP",
+    "BACKGROUND_CMAP",
+    "plot_schedules",
+    "plot_density_grid",
+    "plot_densities",
+    "plot_field",
+    "plot_samples",
+    "plot_trajectories",
+    "plot_histogram_vs_density",
+    "plot_image_grid",
+]
+
+COLORS = {"samples": "#1f77b4", "reference": "#9a9a9a", "curve": "#d62728", "start": "#ff7f0e", "end": "#2ca02c",
+          "field": "#1b2a41"}
+DENSITY_CMAP = "magma"  # densities on their own
+BACKGROUND_CMAP = "Purples"  # densities under arrows or streamlines
+_RC = {
+    "figure.dpi": 100,
+    "figure.constrained_layout.use": True,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.prop_cycle": mpl.cycler(color=["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]),
+    "legend.frameon": False,
+    "legend.fontsize": 9,
+    "image.cmap": DENSITY_CMAP,
+}
+
+
+@contextlib.contextmanager
+def style():
+    """Context manager with the course's matplotlib settings: `with dl.style(): ...` (no global change)."""
+    with mpl.rc_context(_RC):
+        yield
+        # If pyplot loaded Jupyter's inline backend inside this context, that switched interactive mode
+        # on; restoring the old rcParams would switch it off and later figures would silently not show.
+        interactive = mpl.is_interactive()
+    mpl.interactive(interactive)
+
+
+# -- small shared pieces -----------------------------------------------------------------------------
+def _numpy(a) -> np.ndarray:
+    """Tensor or array-like -> float numpy array (detached, on CPU)."""
+    if isinstance(a, torch.Tensor):
+        return a.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def _axes(ax, figsize=(4.2, 4.0)):
+    if ax is not None:
+        return ax
+    _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def _grid(extent, n: int, dtype=torch.float64, device=None):
+    """Square grid over extent = (xmin, xmax, ymin, ymax): (X [n, n], Y [n, n], points [n*n, 2] tensor)."""
+    xmin, xmax, ymin, ymax = extent
+    xs = torch.linspace(xmin, xmax, n, dtype=dtype, device=device)
+    ys = torch.linspace(ymin, ymax, n, dtype=dtype, device=device)
+    Y, X = torch.meshgrid(ys, xs, indexing="ij")
+    return X, Y, torch.stack([X.flatten(), Y.flatten()], dim=1)
+
+
+def _field_dtype_device(field):
+    """A network evaluates in its parameters' dtype and device; anything else gets float64 on CPU."""
+    if isinstance(field, torch.nn.Module):
+        p = next(field.parameters(), None)
+        if p is not None:
+            return p.dtype, p.device
+    return torch.float64, None
+
+
+def _check_2d(points, who: str) -> np.ndarray:
+    pts = _numpy(points)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"{who} draws 2-D points: expected shape [N, 2]; got {list(pts.shape)}")
+    return pts
+
+
+def _time_title(t) -> str:
+    return f"t = {float(t):.2f}"
+
+
+# -- schedules ---------------------------------------------------------------------------------------
+def plot_schedules(paths: dict, n: int = 400, log_sigma: bool | None = None):
+    """Three panels over t in [0, 1]: alpha(t), sigma(t) and log SNR(t) = log(alpha^2 / sigma^2).
+
+    paths: {label: Path}. log SNR is +-inf where sigma or alpha vanishes (t = 0, or t = 1 for rectified
+    flow): those points are left out and the axis is cut at +-20. log_sigma: symlog scale for sigma
+    (default: when some sigma exceeds 10, as for VE). Returns the Figure.
+    """
+    t = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    sigma_max, snr_range = 0.0, [np.inf, -np.inf]
+    with style():
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+        for label, path in paths.items():
+            alpha, sigma = _numpy(path.alpha(t)), _numpy(path.sigma(t))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log_snr = 2 * (np.log(alpha) - np.log(sigma))
+            log_snr[~np.isfinite(log_snr)] = np.nan
+            sigma_max = max(sigma_max, float(np.nanmax(sigma)))
+            snr_range = [min(snr_range[0], np.nanmin(log_snr)), max(snr_range[1], np.nanmax(log_snr))]
+            for ax, values in zip(axes, (alpha, sigma, log_snr)):
+                ax.plot(t.numpy(), values, label=label)
+        if sigma_max > 10 if log_sigma is None else log_sigma:
+            axes[1].set_yscale("symlog", linthresh=1e-2)
+        if paths:  # log SNR -> -inf as alpha -> 0 (cosine, rectified flow): keep the informative range
+            axes[2].set_ylim(max(snr_range[0], -20) - 1, min(snr_range[1], 20) + 1)
+        for ax, name in zip(axes, (r"$\alpha_t$", r"$\sigma_t$", r"$\log\,\mathrm{SNR}(t)$")):
+            ax.set(xlabel="t  (0 = data, 1 = noise)", title=name, xlim=(0, 1))
+        axes[0].legend()
+    return fig
+
+
+# -- densities ---------------------------------------------------------------------------------------
+def plot_density_grid(log_probs: Sequence[Callable], titles: Sequence[str] | None = None,
+                      extent=(-4, 4, -4, 4), n: int = 200, samples: Sequence | None = None, panel_size: float = 3.0):
+    """A row of panels, one density each: exp(log_prob(points)) on an n x n grid over extent.
+
+    log_probs: callables points [M, 2] (float64 tensor) -> log density [M]; samples: optional sequence
+    (one entry per panel, each [N, 2] or None) scattered on top. Each panel has its own colour scale.
+    Returns the Figure.
+    """
+    *_, pts = _grid(extent, n)
+    k = len(log_probs)
+    if samples is not None and len(samples) != k:
+        raise ValueError(f"samples needs one entry per panel ({k}), e.g. [x_0, None, x_1]; got {len(samples)}")
+    with style():
+        fig, axes = plt.subplots(1, k, figsize=(panel_size * k, panel_size), squeeze=False)
+        for i, (ax, log_prob) in enumerate(zip(axes[0], log_probs)):
+            density = _numpy(torch.exp(torch.as_tensor(log_prob(pts)))).reshape(n, n)
+            ax.imshow(density, extent=extent, origin="lower", cmap=DENSITY_CMAP, aspect="equal")
+            if samples is not None and samples[i] is not None:
+                pts_i = _check_2d(samples[i], "plot_density_grid")
+                ax.scatter(pts_i[:, 0], pts_i[:, 1], s=1.5, c="white", alpha=0.5, linewidths=0)
+            ax.set(xlim=extent[:2], ylim=extent[2:], xticks=[], yticks=[])
+            if titles is not None:
+                ax.set_title(titles[i])
+    return fig
+
+
+def plot_densities(dist, path, times: Sequence[float], extent=(-4, 4, -4, 4), n: int = 200,
+                   samples: Sequence | None = None):
+    """p_t for each t in times: the exact law `dist.noised(path, t)` of x_t = alpha_t x0 + sigma_t eps.
+
+    dist: a 2-D distribution with `noised(path, t).log_prob(points)` (dl.GaussianMixture, dl.Gaussian).
+    Titles read "t = 0.30". Returns the Figure (one panel per time).
+    """
+    log_probs = [dist.noised(path, float(t)).log_prob for t in times]
+    return plot_density_grid(log_probs, [_time_title(t) for t in times], extent, n, samples)
+
+
+# -- fields, samples, trajectories -------------------------------------------------------------------
+def plot_field(field: Callable, t: float, extent=(-4, 4, -4, 4), n: int = 20, ax=None, density=None,
+               kind: str = "quiver", normalize: bool = False):
+    """Arrows (kind="quiver") or streamlines (kind="stream") of a 2-D field(x, t) on an n x n grid.
+
+    field: callable (points [n*n, 2], t float) -> [n*n, 2] (a network gets its own dtype and device);
+    density: optional callable points -> log density [M], drawn underneath; normalize: unit-length
+    arrows coloured by the field's norm. Returns the Axes.
+    """
+    if kind not in ("quiver", "stream"):
+        raise ValueError(f"unknown kind {kind!r}; valid kinds: quiver, stream")
+    dtype, device = _field_dtype_device(field)
+    X, Y, pts = _grid(extent, n, dtype, device)
+    values = _numpy(field(pts, float(t))).reshape(n, n, 2)  # no torch.no_grad: energy models need autograd
+    U, V = values[..., 0], values[..., 1]
+    X, Y = _numpy(X), _numpy(Y)
+    with style():
+        ax = _axes(ax)
+        if density is not None:
+            *_, fine = _grid(extent, 150)
+            dens = _numpy(torch.exp(torch.as_tensor(density(fine)))).reshape(150, 150)
+            ax.imshow(dens, extent=extent, origin="lower", cmap=BACKGROUND_CMAP, aspect="equal")
+        norm = np.hypot(U, V)
+        if kind == "stream":
+            ax.streamplot(X, Y, U, V, color=norm, cmap="viridis", density=1.2, linewidth=0.8)
+        elif normalize:
+            scale = np.where(norm > 0, norm, 1.0)
+            ax.quiver(X, Y, U / scale, V / scale, norm, cmap="viridis", pivot="mid")
+        else:
+            ax.quiver(X, Y, U, V, color=COLORS["field"], pivot="mid")
+        ax.set(xlim=extent[:2], ylim=extent[2:], aspect="equal", title=_time_title(t))
+    return ax
+
+
+def plot_samples(samples, ax=None, reference=None, title: str | None = None, extent=None, max_points: int = 5000,
+                 size: float = 2.0, label: str = "samples"):
+    """Scatter of 2-D samples [N, 2] (at most max_points drawn), over an optional reference set in grey.
+
+    Returns the Axes.
+    """
+    pts = _check_2d(samples, "plot_samples")[:max_points]
+    with style():
+        ax = _axes(ax)
+        if reference is not None:
+            ref = _check_2d(reference, "plot_samples (reference)")[:max_points]
+            ax.scatter(ref[:, 0], ref[:, 1], s=size, c=COLORS["reference"], alpha=0.4, linewidths=0, label="reference")
+        ax.scatter(pts[:, 0], pts[:, 1], s=size, c=COLORS["samples"], alpha=0.6, linewidths=0, label=label)
+        ax.set_aspect("equal")
+        if extent is not None:
+            ax.set(xlim=extent[:2], ylim=extent[2:])
+        if title is not None:
+            ax.set_title(title)
+        if reference is not None:
+            legend = ax.legend(markerscale=5, loc="best", frameon=True, framealpha=0.9)
+            for handle in legend.legend_handles:
+                handle.set_alpha(1.0)
+    return ax
+
+
+def plot_trajectories(trajectory, ax=None, n_show: int = 50, extent=None, title: str | None = None):
+    """Paths of n_show particles from a trajectory [T, N, 2] (as returned by the samplers).
+
+    Lines are coloured along time (light at the start, dark at the end); start points in COLORS["start"],
+    end points in COLORS["end"]. Returns the Axes.
+    """
+    traj = _numpy(trajectory)
+    if traj.ndim != 3 or traj.shape[2] != 2:
+        raise ValueError(f"plot_trajectories expects a trajectory [T, N, 2]; got {list(traj.shape)}")
+    traj = traj[:, :n_show]
+    segments = np.stack([traj[:-1], traj[1:]], axis=2)  # [T-1, n, 2 (ends), 2 (xy)]
+    progress = np.repeat(np.linspace(0, 1, traj.shape[0] - 1), traj.shape[1])
+    with style():
+        ax = _axes(ax)
+        lines = LineCollection(segments.reshape(-1, 2, 2), array=progress, cmap="Blues",
+                               norm=mpl.colors.Normalize(-0.3, 1), linewidths=0.8, alpha=0.8)
+        ax.add_collection(lines)
+        ax.scatter(traj[0, :, 0], traj[0, :, 1], s=8, c=COLORS["start"], label="start", zorder=3)
+        ax.scatter(traj[-1, :, 0], traj[-1, :, 1], s=8, c=COLORS["end"], label="end", zorder=3)
+        ax.set_aspect("equal")
+        ax.autoscale_view()
+        if extent is not None:
+            ax.set(xlim=extent[:2], ylim=extent[2:])
+        if title is not None:
+            ax.set_title(title)
+        ax.legend(loc="best", frameon=True, framealpha=0.9, markerscale=1.5)
+    return ax
+
+
+def plot_histogram_vs_density(samples, pdf: Callable, ax=None, bins: int = 100, title: str | None = None,
+                              labels=("samples", "exact density")):
+    """Histogram (as a density) of 1-D samples [N] or [N, 1] against pdf(x) -> density, x a float64 tensor [M].
+
+    Used for SDE-1: Euler–Maruyama paths of the forward SDE against the kernel N(alpha_t x0, sigma_t^2).
+    Returns the Axes.
+    """
+    x = _numpy(samples).reshape(-1)
+    grid = torch.linspace(float(x.min()), float(x.max()), 400, dtype=torch.float64)
+    with style():
+        ax = _axes(ax, figsize=(5, 3.2))
+        ax.hist(x, bins=bins, density=True, color=COLORS["samples"], alpha=0.5, label=labels[0])
+        ax.plot(grid.numpy(), _numpy(pdf(grid)), color=COLORS["curve"], lw=1.8, label=labels[1])
+        ax.set(xlabel="x", ylabel="density")
+        if title is not None:
+            ax.set_title(title)
+        ax.legend()
+    return ax
+
+
+def plot_image_grid(images, nrow: int = 8, ax=None, value_range=(-1.0, 1.0), title: str | None = None):
+    """Images [N, C, H, W] (C = 1 or 3, values in value_range) tiled nrow per row. Returns the Axes."""
+    img = _numpy(images)
+    if img.ndim != 4 or img.shape[1] not in (1, 3):
+        raise ValueError(f"plot_image_grid expects images [N, C, H, W] with C = 1 or 3; got {list(img.shape)}")
+    lo, hi = value_range
+    img = np.clip((img - lo) / (hi - lo), 0, 1)
+    n, c, h, w = img.shape
+    ncol = min(nrow, n)
+    rows = -(-n // ncol)
+    canvas = np.ones((rows * (h + 1) + 1, ncol * (w + 1) + 1, c))
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        canvas[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = img[i].transpose(1, 2, 0)
+    with style():
+        ax = _axes(ax, figsize=(0.6 * ncol + 0.4, 0.6 * rows + 0.4))
+        ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_axis_off()
+        if title is not None:
+            ax.set_title(title)
+    return ax
