@@ -13,3 +13,4 @@ from .paths import *  # noqa: F401,F403
 from .training import *  # noqa: F401,F403
 from .plotting import *  # noqa: F401,F403
 from .solvers import *  # noqa: F401,F403
+from .interpolants import *  # noqa: F401,F403
