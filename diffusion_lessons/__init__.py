@@ -14,3 +14,4 @@ from .training import *  # noqa: F401,F403
 from .plotting import *  # noqa: F401,F403
 from .solvers import *  # noqa: F401,F403
 from .interpolants import *  # noqa: F401,F403
+from .likelihood import *  # noqa: F401,F403
