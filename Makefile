@@ -1,13 +1,18 @@
-# make test  : create .venv if needed, install the project, run the unit tests and the notebooks (nbval)
-# make book  : create .venv if needed, install, execute every chapter and build the HTML book (_build/html)
-# make bench : run the benchmarks and print their tables
+# make test         : create .venv if needed, install the project, run the unit tests and the notebooks (nbval)
+# make book         : create .venv if needed, install, fetch the vendored JavaScript once (needs npm), execute
+#                     every chapter and build the HTML book (_build/html), which then works with no network
+# make browser-test : open every page of the built book in headless Chromium (builds it first if missing;
+#                     needs Debian's chromium and chromium-driver)
+# make vendor       : fetch the pinned JavaScript the book serves itself into .vendor/ (book/vendor_assets.py)
+# make bench        : run the benchmarks and print their tables
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
+VENDOR := .vendor/MANIFEST.json
 
-.PHONY: test book bench clean venv
+.PHONY: test book browser-test vendor bench clean venv
 
 venv: $(STAMP)
 
@@ -20,8 +25,19 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider
 
-book: $(STAMP)
+book: $(STAMP) $(VENDOR)
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+
+# The browser test reads _build/html; it is deselected by `make test` (marker `browser`).
+browser-test: $(STAMP)
+	test -f _build/html/index.html || $(MAKE) book
+	$(PY) -m pytest -m browser tests/test_browser.py -p no:cacheprovider
+
+vendor: $(VENDOR)
+
+$(VENDOR): book/vendor_assets.py
+	$(PYTHON) book/vendor_assets.py
+	touch $@
 
 bench: $(STAMP)
 	$(PY) -m diffusion_lessons.cli bench

@@ -32,6 +32,9 @@ __all__ = [
     "plot_trajectories",
     "plot_histogram_vs_density",
     "plot_image_grid",
+    "animate_densities",
+    "animate_particles",
+    "animation_html",
 ]
 
 COLORS = {"samples": "#1f77b4", "reference": "#9a9a9a", "curve": "#d62728", "start": "#ff7f0e", "end": "#2ca02c",
@@ -305,3 +308,141 @@ def plot_image_grid(images, nrow: int = 8, ax=None, value_range=(-1.0, 1.0), tit
         if title is not None:
             ax.set_title(title)
     return ax
+
+
+# -- animations that play in a static HTML page ------------------------------------------------------
+MAX_FRAMES = 40  # every frame is embedded in the page as a PNG: 40 small frames stay well under 1.5 MB
+
+# Inline SVG for the player's buttons: matplotlib's template asks a CDN for Font Awesome 4, which an
+# offline page cannot reach (the buttons would be blank and the console would log the failed load).
+_ICONS = {
+    "fa fa-minus": "M3 7h10v2H3z",
+    "fa fa-plus": "M7 3h2v4h4v2H9v4H7V9H3V7h4z",
+    "fa fa-fast-backward": "M2 3h2v10H2zM9 3v10L4 8zM15 3v10l-5-5z",
+    "fa fa-step-backward": "M3 3h2v10H3zM13 3v10L6 8z",
+    "fa fa-play fa-flip-horizontal": "M12 3v10L4 8z",
+    "fa fa-pause": "M4 3h3v10H4zM9 3h3v10H9z",
+    "fa fa-play": "M4 3v10l8-5z",
+    "fa fa-step-forward": "M3 3v10l7-5zM11 3h2v10h-2z",
+    "fa fa-fast-forward": "M1 3v10l5-5zM7 3v10l5-5zM12 3h2v10h-2z",
+}
+
+
+def _frame_indices(count: int, max_frames: int) -> np.ndarray:
+    """At most max_frames indices spread evenly over range(count), first and last included."""
+    return np.unique(np.linspace(0, count - 1, min(count, max_frames)).round().astype(int))
+
+
+def _animation(fig, update, frames: int, interval: int):
+    """FuncAnimation over `frames` frames; the figure is closed so that Jupyter does not also show it still."""
+    from matplotlib.animation import FuncAnimation
+
+    anim = FuncAnimation(fig, update, frames=frames, interval=interval, blit=False)
+    plt.close(fig)
+    return anim
+
+
+def _density_film(dist, path, times: Sequence[float], extent, n: int, samples, figsize, dpi):
+    """One figure of p_t and an update(k) that redraws it for times[k]; shared by animations and explorers.
+
+    samples: None or [len(times), N, 2]. Densities are computed up front; each frame has its own colour scale.
+    """
+    times = [float(t) for t in times]
+    if samples is not None:
+        samples = _numpy(samples)
+        if samples.ndim != 3 or samples.shape[0] != len(times) or samples.shape[2] != 2:
+            raise ValueError(f"samples must be [len(times) = {len(times)}, N, 2]; got {list(samples.shape)}")
+    *_, pts = _grid(extent, n)
+    densities = [_numpy(torch.exp(dist.noised(path, t).log_prob(pts))).reshape(n, n) for t in times]
+    with style():
+        fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+        image = ax.imshow(densities[0], extent=extent, origin="lower", cmap=DENSITY_CMAP, aspect="equal")
+        dots = None
+        if samples is not None:
+            dots = ax.scatter(samples[0, :, 0], samples[0, :, 1], s=1.5, c="white", alpha=0.5, linewidths=0)
+        ax.set(xlim=extent[:2], ylim=extent[2:], xticks=[], yticks=[], title=_time_title(times[0]))
+
+    def update(k):
+        image.set_data(densities[k])
+        image.set_clim(0.0, float(densities[k].max()))
+        if dots is not None:
+            dots.set_offsets(samples[k])
+        ax.set_title(_time_title(times[k]))
+
+    return fig, update
+
+
+def animate_densities(dist, path, times: Sequence[float], extent=(-4, 4, -4, 4), n: int = 120, samples=None,
+                      figsize=(3.6, 3.0), dpi: int = 70, interval: int = 150):
+    """An animation of p_t over `times`: the exact law `dist.noised(path, t)` of x_t, one frame per time.
+
+    samples: optional [len(times), N, 2] points (e.g. x_t = alpha_t x0 + sigma_t eps for fixed x0, eps)
+    scattered on top. Each frame has its own colour scale (p_t spreads out by orders of magnitude).
+    At most MAX_FRAMES frames. Returns a matplotlib FuncAnimation; show it with `animation_html`.
+    """
+    if not 0 < len(times) <= MAX_FRAMES:
+        raise ValueError(f"animate_densities draws one frame per time: give 1 to {MAX_FRAMES} times; got {len(times)}")
+    fig, update = _density_film(dist, path, times, extent, n, samples, figsize, dpi)
+    return _animation(fig, update, len(times), interval)
+
+
+def animate_particles(trajectory, times: Sequence[float] | None = None, n_show: int = 300, extent=None,
+                      reference=None, show_paths: bool = False, max_frames: int = MAX_FRAMES, figsize=(3.6, 3.2),
+                      dpi: int = 70, interval: int = 120):
+    """An animation of particles moving along a trajectory [T, N, 2] (as returned by the samplers).
+
+    times: the T times of the trajectory (titles "t = 0.30"; default: the step number); reference: optional
+    [M, 2] points drawn in grey underneath (e.g. the data); show_paths: draw each particle's whole path as a
+    faint line (about 1.5x the bytes per frame: keep n_show near 100 then). Long trajectories are thinned
+    to max_frames evenly spaced frames (first and last kept). Returns a matplotlib FuncAnimation; show it
+    with `animation_html`.
+    """
+    traj = _numpy(trajectory)
+    if traj.ndim != 3 or traj.shape[2] != 2:
+        raise ValueError(f"animate_particles expects a trajectory [T, N, 2]; got {list(traj.shape)}")
+    if times is not None and len(times) != traj.shape[0]:
+        raise ValueError(f"times needs one entry per trajectory step ({traj.shape[0]}); got {len(times)}")
+    frames = _frame_indices(traj.shape[0], min(max_frames, MAX_FRAMES))
+    traj = traj[:, :n_show]
+    if extent is None:
+        lo, hi = traj.min(axis=(0, 1)), traj.max(axis=(0, 1))
+        pad = 0.05 * (hi - lo).max()
+        extent = (lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad)
+
+    def title(k):
+        return _time_title(times[k]) if times is not None else f"step {k} of {traj.shape[0] - 1}"
+
+    with style():
+        fig, ax = plt.subplots(figsize=figsize, dpi=dpi)
+        if reference is not None:
+            ref = _check_2d(reference, "animate_particles (reference)")
+            ax.scatter(ref[:, 0], ref[:, 1], s=2, c=COLORS["reference"], alpha=0.4, linewidths=0)
+        if show_paths:
+            lines = LineCollection(traj.transpose(1, 0, 2), colors=COLORS["samples"], linewidths=0.5, alpha=0.15)
+            ax.add_collection(lines)
+        dots = ax.scatter(traj[0, :, 0], traj[0, :, 1], s=6, c=COLORS["curve"], linewidths=0, zorder=3)
+        ax.set(xlim=extent[:2], ylim=extent[2:], aspect="equal", title=title(0))
+
+    def update(i):
+        dots.set_offsets(traj[frames[i]])
+        ax.set_title(title(frames[i]))
+
+    return _animation(fig, update, len(frames), interval)
+
+
+def animation_html(anim, default_mode: str = "loop") -> str:
+    """The animation as a self-contained HTML player (frames embedded as PNG) that works offline.
+
+    Notebook use: `IPython.display.HTML(dl.animation_html(anim))`. This is `anim.to_jshtml()` without its
+    link to a Font Awesome CDN (the buttons get inline SVG icons instead), so a page shows it with no
+    network and no console error.
+    """
+    html = anim.to_jshtml(default_mode=default_mode)
+    start = html.find("<link rel=\"stylesheet\"")
+    if start >= 0:
+        html = html[:start] + html[html.index(">", start) + 1:]
+    for icon, shape in _ICONS.items():
+        svg = (f'<svg viewBox="0 0 16 16" width="12" height="12" aria-hidden="true">'
+               f'<path d="{shape}" fill="currentColor"/></svg>')
+        html = html.replace(f'<i class="{icon}"></i>', svg)
+    return html
