@@ -15,3 +15,4 @@ from .plotting import *  # noqa: F401,F403
 from .solvers import *  # noqa: F401,F403
 from .interpolants import *  # noqa: F401,F403
 from .likelihood import *  # noqa: F401,F403
+from .closed_form import *  # noqa: F401,F403
