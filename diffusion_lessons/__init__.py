@@ -16,3 +16,4 @@ from .solvers import *  # noqa: F401,F403
 from .interpolants import *  # noqa: F401,F403
 from .likelihood import *  # noqa: F401,F403
 from .closed_form import *  # noqa: F401,F403
+from .diagnostics import *  # noqa: F401,F403
