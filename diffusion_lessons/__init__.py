@@ -17,3 +17,4 @@ from .interpolants import *  # noqa: F401,F403
 from .likelihood import *  # noqa: F401,F403
 from .closed_form import *  # noqa: F401,F403
 from .diagnostics import *  # noqa: F401,F403
+from .gauge import *  # noqa: F401,F403
