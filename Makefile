@@ -4,7 +4,6 @@
 # make browser-test : open every page of the built book in headless Chromium (builds it first if missing;
 #                     needs Debian's chromium and chromium-driver)
 # make vendor       : fetch the pinned JavaScript the book serves itself into .vendor/ (book/vendor_assets.py)
-# make bench        : run the benchmarks and print their tables
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +11,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 VENDOR := .vendor/MANIFEST.json
 
-.PHONY: test book browser-test vendor bench clean venv
+.PHONY: test book browser-test vendor clean venv
 
 venv: $(STAMP)
 
@@ -38,9 +37,6 @@ vendor: $(VENDOR)
 $(VENDOR): book/vendor_assets.py
 	$(PYTHON) book/vendor_assets.py
 	touch $@
-
-bench: $(STAMP)
-	$(PY) -m diffusion_lessons.cli bench
 
 clean:
 	rm -rf _build .pytest_cache
