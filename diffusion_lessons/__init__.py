@@ -18,3 +18,4 @@ from .likelihood import *  # noqa: F401,F403
 from .closed_form import *  # noqa: F401,F403
 from .diagnostics import *  # noqa: F401,F403
 from .gauge import *  # noqa: F401,F403
+from .ddpm import *  # noqa: F401,F403
