@@ -1,6 +1,7 @@
 import os
 import sys
 
+import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
@@ -15,3 +16,22 @@ def pytest_collection_finish(session):
             "a test module set torch's default dtype at import time; "
             "use a fixture that sets it and restores it (see tests/test_paths.py)"
         )
+
+
+@pytest.fixture
+def float64_default():
+    """Checks against float64 references: float64 as the default dtype, restored afterwards.
+    Use with `pytestmark = pytest.mark.usefixtures("float64_default")`."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def one_thread():
+    """Many tiny tensor ops: on a shared 2-core machine a second intra-op thread only slows them down."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -27,13 +27,7 @@ from reference import GMM2, gmm_logpdf_score, gmm_t
 ODE = dict(method="DOP853", rtol=1e-10, atol=1e-12)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tests run many tiny tensor ops; on a shared 2-core machine intra-op threads only slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 # -- numpy schedules (MATH.md §0.2), independent of the package -----------------------------------

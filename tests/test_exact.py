@@ -10,13 +10,7 @@ from reference import GMM2, gmm_logpdf_score, gmm_posterior_mean, gmm_t
 
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    """These checks compare with float64 references; restore the default dtype afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # see conftest.py
 
 
 @pytest.fixture

@@ -21,13 +21,7 @@ from diffusion_lessons.metrics import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: on a shared 2-core machine intra-op threads only slow these tests down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def _rng(seed=0):

@@ -10,13 +10,7 @@ from reference import GMM2, gmm_posterior_mean, vp_alpha_sigma
 
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    """These checks compare with float64 references; restore the default dtype afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")  # see conftest.py
 
 ALL_PATHS = [dl.VP(), dl.SubVP(), dl.VE(), dl.RectifiedFlow(), dl.Cosine()]
 TIMES = torch.tensor([0.05, 0.2, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
