@@ -1,13 +1,17 @@
 """The command line: train a model on a 2-D toy set, then sample it with the probability-flow ODE.
 
     diffusion-lessons train --data moons --target eps --steps 2000 [--path vp] [--seed 0]
-                            [--budget laptop] [--out model.pt]
-    diffusion-lessons sample model.pt --n 2000 --out samples.png [--steps 100] [--seed 0]
+                            [--budget laptop] [--checkpoint-every 500] [--out model.pt]
+    diffusion-lessons sample model.pt --n 2000 --out samples.png [--steps 100] [--method heun] [--seed 0]
 
 `train` fits a TimeMLP with `training.fit` (so the checkpoint lands in the cache and a second run
-is instant) and prints where the checkpoint is. `sample` rebuilds the model from the checkpoint,
-turns its prediction into the PF-ODE velocity u = alpha' x0_hat + sigma' eps_hat with
-`paths.convert`, and integrates dx/dt = u from noise to data with Heun's method.
+is instant; an interrupted run, started again, resumes from its last resume checkpoint) and prints
+where the checkpoint is. `sample` rebuilds the model from the checkpoint, turns its prediction into
+the PF-ODE velocity u = alpha' x0_hat + sigma' eps_hat with `paths.convert`, and integrates
+dx/dt = u from noise to data (Heun's method unless --method says otherwise).
+
+Every error the user can cause (an unknown name, a bad number, a missing or damaged file) ends the
+program with one line on stderr, naming the bad value and the valid ones, and a non-zero status.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import torch
 from .distributions import TOY_DATASETS, toy_data
 from .nets import TimeMLP
 from .paths import PATHS, convert, make_path
-from .solvers import sample_ode, time_grid
+from .solvers import ODE_METHODS, sample_ode, time_grid
 from .training import CheckpointError, TrainingError, fit, load_checkpoint, save_checkpoint
 
 __all__ = ["main"]
@@ -46,8 +50,15 @@ class ToySet:
         return {"name": self.name}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors (unknown command or choice, a missing or malformed argument) on one line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Train and sample the course's diffusion models.")
+    parser = _Parser(prog=PROG, description="Train and sample the course's diffusion models.")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a TimeMLP on a 2-D toy set (cached)")
     train.add_argument("--data", required=True, help=f"toy set: {', '.join(TOY_DATASETS)}")
@@ -56,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--path", default="vp", help=f"noising path: {', '.join(PATHS)} (default: vp)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--budget", help="smoke, laptop or gpu (default: $DIFFUSION_LESSONS_BUDGET, else by device)")
+    train.add_argument("--checkpoint-every", type=int, metavar="N",
+                       help="write a resume checkpoint every N steps (default: every 10%% of the steps, "
+                            "at most every 30 s); an interrupted run, started again, resumes there")
     train.add_argument("--out", type=FilePath, help="also write the checkpoint to this file")
     train.set_defaults(run=_train)
     sample = commands.add_parser("sample", help="sample a trained checkpoint with the probability-flow ODE")
@@ -63,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
     sample.add_argument("--out", type=FilePath, required=True,
                         help="output: .npz (array 'samples') or a scatter plot (.png, .pdf, .svg)")
-    sample.add_argument("--steps", type=int, default=100, help="Heun steps from t = 1 to t_min (default: 100)")
+    sample.add_argument("--steps", type=int, default=100, help="solver steps from t = 1 to t_min (default: 100)")
+    sample.add_argument("--method", default="heun", help=f"ODE solver: {', '.join(ODE_METHODS)} (default: heun)")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--weights", choices=("ema", "model"), default="ema",
                         help="the EMA weights (default) or the last training weights")
@@ -76,11 +91,13 @@ def _train(args) -> int:
         raise ValueError(f"unknown target {args.target!r}; valid targets: {', '.join(CLI_TARGETS)}")
     data, path = ToySet(args.data), make_path(args.path)
     result = fit(TimeMLP(2), data, path, target=args.target, budget=args.budget, steps=args.steps, seed=args.seed,
-                 name=f"{args.data}-{args.target}-{path.name}")
+                 name=f"{args.data}-{args.target}-{path.name}", checkpoint_every=args.checkpoint_every)
     file = result.checkpoint
     if args.out is not None:
         file = save_checkpoint(args.out, result.model, result.config, ema=result.ema, history=result.history)
     how = "loaded from the cache" if result.from_cache else f"trained in {result.seconds:.1f} s"
+    if result.resumed_from:
+        how = f"resumed from step {result.resumed_from}, {how}"
     print(f"{how}; final loss {result.history['loss'][-1]:.4f}\ncheckpoint: {file}")
     return 0
 
@@ -99,6 +116,8 @@ def _sample(args) -> int:
         raise ValueError(f"cannot write samples to {args.out}: use one of {', '.join(SAMPLE_FORMATS)}")
     if args.n < 1 or args.steps < 1:
         raise ValueError(f"--n and --steps must be positive; got {args.n} and {args.steps}")
+    if args.method not in ODE_METHODS:
+        raise ValueError(f"unknown method {args.method!r}; valid methods: {', '.join(ODE_METHODS)}")
     model, config = load_checkpoint(args.checkpoint, which=args.weights)
     missing = [k for k in ("path", "target", "t_min") if k not in config]
     if missing or "dim" not in config["model"]:
@@ -112,8 +131,10 @@ def _sample(args) -> int:
     def velocity(x, t):
         return convert(model(x, t), target, "velocity", x, t, path)
 
+    # the adaptive solver picks its own steps: its grid only says where to report x
+    grid = [t_start, t_min] if args.method == "adaptive" else time_grid(args.steps, t_start, t_min)
     with torch.no_grad():
-        x = sample_ode(velocity, x, time_grid(args.steps, t_start, t_min), method="heun")
+        x = sample_ode(velocity, x, grid, method=args.method)
     _write_samples(x.numpy(), args.out, title=f"{config['model']['class']}, {path.name}, {target}")
     print(f"wrote {args.n} samples to {args.out}")
     return 0
@@ -140,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, CheckpointError, TrainingError) as err:
+    except (ValueError, CheckpointError, TrainingError, OSError) as err:
         print(f"{PROG}: error: " + " ".join(str(err).split()), file=sys.stderr)
         return 2 if isinstance(err, ValueError) else 1
+    except KeyboardInterrupt:
+        hint = "; run the same command again to resume from its last resume checkpoint" if args.command == "train" \
+            else ""
+        print(f"{PROG}: interrupted{hint}", file=sys.stderr)
+        return 130

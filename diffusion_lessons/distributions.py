@@ -202,7 +202,7 @@ class Gaussian(GaussianMixture):
 def _time_args(dist, path, x, t, who):
     _check_points(x, dist.dim, who)
     t = as_time(t, x)
-    if t.dim() == 1 and t.shape[0] != x.shape[0]:
+    if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
         raise ValueError(f"{who}: t must be a float or a tensor [N] = [{x.shape[0]}]; got {list(t.shape)}")
     return t, path.alpha(t), path.sigma(t)
 

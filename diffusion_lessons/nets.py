@@ -77,10 +77,19 @@ class _Conditioning(nn.Module):
         return c + self.labels(y)
 
 
-def _check_vectors(owner: str, x: torch.Tensor, dim: int) -> None:
+def _check_vectors(owner: str, x: torch.Tensor, dim: int, module: nn.Module) -> None:
     if x.dim() != 2 or x.shape[1] != dim:
         got = "[N" + "".join(f", {n}" for n in x.shape[1:]) + "]" if x.dim() else "a scalar"
         raise ValueError(f"{owner} expects x of shape [N, {dim}]; got {got}")
+    _check_dtype(owner, x, module)
+
+
+def _check_dtype(owner: str, x: torch.Tensor, module: nn.Module) -> None:
+    """x must have the dtype of the weights (the layers would fail deep inside otherwise)."""
+    dtype = next(module.parameters()).dtype
+    if x.dtype != dtype:
+        raise ValueError(f"{owner} has {dtype} weights but x is {x.dtype}: "
+                         f"pass x.to({dtype}) or convert the model with model.to({x.dtype})")
 
 
 def _mlp(n_in: int, hidden: int, depth: int, n_out: int) -> nn.Sequential:
@@ -105,7 +114,7 @@ class TimeMLP(nn.Module):
         self.net = _mlp(dim + time_dim, hidden, depth, dim)
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
-        _check_vectors(self.owner, x, self.dim)
+        _check_vectors(self.owner, x, self.dim, self)
         return self.net(torch.cat([x, self.cond(t, x, y)], dim=1))
 
 
@@ -127,7 +136,7 @@ class EnergyNet(nn.Module):
 
     def energy(self, x: torch.Tensor, t) -> torch.Tensor:
         """E(x, t), shape [N]."""
-        _check_vectors(self.owner, x, self.dim)
+        _check_vectors(self.owner, x, self.dim, self)
         return self.net(torch.cat([x, self.cond(t, x, None)], dim=1)).squeeze(1)
 
     def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -197,6 +206,7 @@ class UNet(nn.Module):
         if x.dim() != 4 or x.shape[1] != self.channels or x.shape[2] % self.factor or x.shape[3] % self.factor:
             raise ValueError(f"{self.owner} expects x of shape [N, {self.channels}, H, W] with H, W divisible "
                              f"by {self.factor}; got {list(x.shape)}")
+        _check_dtype(self.owner, x, self)
         c = self.cond(t, x, y)
         h, skips = self.inp(x), []
         for block, pool in zip(self.down, self.pool):

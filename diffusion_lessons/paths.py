@@ -32,6 +32,9 @@ def as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
 
     Raises ValueError when any time lies outside [0, 1], the only interval on which paths are defined.
     """
+    if like is not None and not like.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor (float32 or float64); got {like.dtype}: "
+                         "convert it with x.float() or x.double()")
     if isinstance(t, torch.Tensor):
         out = t if like is None else t.to(device=like.device, dtype=like.dtype)
     else:
@@ -98,11 +101,11 @@ class Path:
 
     def sample(self, x0: torch.Tensor, t, eps: torch.Tensor | None = None, generator=None):
         """Draw x_t = alpha_t x0 + sigma_t eps.  t: float or tensor [N]. Returns (x_t, eps)."""
+        tt = expand_time(t, x0)  # checks t and x0 before any noise is drawn
         if eps is None:
             eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         elif eps.shape != x0.shape:
             raise ValueError(f"eps must have x0's shape {list(x0.shape)}; got {list(eps.shape)}")
-        tt = expand_time(t, x0)
         return self.alpha(tt) * x0 + self.sigma(tt) * eps, eps
 
     def prior_std(self) -> float:
@@ -127,8 +130,10 @@ class VP(Path):
     name = "vp"
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        if not (0 <= beta_min <= beta_max) or beta_max <= 0:
-            raise ValueError(f"VP needs 0 <= beta_min <= beta_max, beta_max > 0; got {beta_min}, {beta_max}")
+        if not (0 <= beta_min <= beta_max < math.inf and beta_max > 0):
+            raise ValueError(f"{type(self).__name__} needs finite 0 <= beta_min <= beta_max with beta_max > 0 "
+                             f"(beta(t) >= 0, so alpha falls from 1 and sigma grows from 0); "
+                             f"got beta_min={beta_min}, beta_max={beta_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 
     def beta(self, t):
@@ -185,8 +190,9 @@ class VE(Path):
     name = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
-        if not (0 < sigma_min < sigma_max):
-            raise ValueError(f"VE needs 0 < sigma_min < sigma_max; got {sigma_min}, {sigma_max}")
+        if not (0 < sigma_min < sigma_max < math.inf):
+            raise ValueError(f"VE needs finite 0 < sigma_min < sigma_max (sigma(t) = sqrt(s(t)^2 - sigma_min^2) "
+                             f"grows from 0); got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
     def _s(self, t):
@@ -199,7 +205,9 @@ class VE(Path):
         return torch.zeros_like(as_time(t))
 
     def sigma(self, t):
-        return torch.sqrt(self._s(t) ** 2 - self.sigma_min**2)
+        # s(t)^2 - s_min^2 = s_min^2 (exp(2 t log(s_max/s_min)) - 1); expm1 keeps it exact (and >= 0) near t = 0
+        t = as_time(t)
+        return self.sigma_min * torch.sqrt(torch.expm1(2 * t * math.log(self.sigma_max / self.sigma_min)))
 
     def dsigma(self, t):
         return self.g2(t) / (2 * self.sigma(t))

@@ -1,16 +1,20 @@
-"""One trainer, `fit`, and one checkpoint format.
+"""One trainer, `fit`, with a checkpoint cache that survives being killed.
 
 `fit(model, data, path, target)` minimises `objectives.loss` with AdamW, keeps an exponential moving
 average (EMA) of the weights, and caches the result: a run is identified by the SHA-256 of a
 canonical JSON of everything that determines it (model config, path, target, steps, batch size,
-learning rate, seed, EMA decay, weighting, t_min, a fingerprint of the data, package version), so
-a chapter that asks twice for the same model trains it once.
+learning rate, seed, EMA decay, weighting, t_min, logging interval, a fingerprint of the data, the
+package version and a hash of the source of the modules that compute it), so a chapter that asks
+twice for the same model trains it once. The checkpoint format (atomic writes, weights-only loads)
+is in checkpoints.py; save_checkpoint, load_checkpoint and CheckpointError are exported from here too.
 
-Checkpoints are plain dicts of tensors, strings, numbers, lists and dicts, written atomically
-(a temporary file in the same folder, then os.replace) and read with torch.load(weights_only=True):
-
-    {"diffusion_lessons_checkpoint": 1, "config": {..., "model": {"class": "TimeMLP", ...}},
-     "state_dict": {...}, "ema_state_dict": {...} or None, "history": {"step": [...], "loss": [...]}}
+Faults. While it trains the cache entry `<name>-<key>.pt`, `fit` holds an exclusive lock on
+`<name>-<key>.pt.lock`, so a second process asking for the same model waits and then loads the
+first one's result. Every `checkpoint_every` steps it writes `<name>-<key>.partial.pt`: the same
+format plus a "resume" section (optimizer state, step, the losses not yet logged and the states of
+the random generators, all tensors). A killed run, called again, resumes there and ends in the same
+state, bit for bit on CPU, as a run that was never interrupted; the partial file goes when the
+final checkpoint is written. A NaN or infinite loss stops training before anything is written.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import hashlib
 import json
 import os
 import re
-import tempfile
+import sys
 import time
 import warnings
 from pathlib import Path as FilePath
@@ -30,6 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .budget import pick
+from .checkpoints import (CHECKPOINT_MARKER, CheckpointError, checkpoint_payload, exclusive_lock, load_checkpoint,
+                          read_checkpoint, remove_temporaries, save_checkpoint, write_atomically)
 from .nets import build_model
 from .objectives import loss
 from .paths import TARGETS, Path
@@ -38,16 +44,15 @@ __all__ = ["fit", "FitResult", "TrainingError", "CheckpointError", "save_checkpo
            "cache_dir", "CACHE_ENV", "CHECKPOINT_MARKER"]
 
 CACHE_ENV = "DIFFUSION_LESSONS_CACHE"
-CHECKPOINT_MARKER = "diffusion_lessons_checkpoint"
-CHECKPOINT_VERSION = 1
+# With the default checkpoint_every, resume checkpoints come every 10% of the steps but at most
+# once per this many seconds: a run of a few seconds writes none, a long one loses little.
+PARTIAL_MIN_SECONDS = 30.0
+# The modules whose source determines what a run computes; their hash joins the cache key.
+_CODE_MODULES = ("nets.py", "objectives.py", "paths.py", "training.py")
 
 
 class TrainingError(RuntimeError):
     """Training diverged (a NaN or infinite loss)."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, foreign, or does not match what was asked for."""
 
 
 @dataclasses.dataclass
@@ -61,6 +66,7 @@ class FitResult:
     seconds: float
     from_cache: bool
     config: dict | None  # the run's settings, as hashed for the cache key and stored in the checkpoint
+    resumed_from: int = 0  # the step a killed run was resumed from (0: trained from the start)
 
 
 def cache_dir() -> FilePath:
@@ -70,14 +76,16 @@ def cache_dir() -> FilePath:
 
 # -- run identity: settings, fingerprints, cache key ----------------------------------------------
 
-def _settings(budget, steps, batch_size, lr) -> tuple[int, int, float]:
-    """Steps, batch size and learning rate; the ones not given come from the budget."""
+def _settings(budget, steps, batch_size, lr, log_every) -> tuple[int, int, float, int]:
+    """Steps, batch size, learning rate and logging interval; the ones not given come from the budget."""
     steps = pick(smoke=300, laptop=3000, gpu=20000, budget=budget) if steps is None else int(steps)
     batch_size = pick(smoke=256, laptop=512, gpu=4096, budget=budget) if batch_size is None else int(batch_size)
     lr = pick(smoke=3e-3, laptop=2e-3, gpu=1e-3, budget=budget) if lr is None else float(lr)
-    if steps < 1 or batch_size < 1 or not lr > 0:
-        raise ValueError(f"fit needs steps >= 1, batch_size >= 1 and lr > 0; got {steps}, {batch_size}, {lr}")
-    return steps, batch_size, lr
+    log_every = max(1, steps // 100) if log_every is None else int(log_every)
+    if steps < 1 or batch_size < 1 or not lr > 0 or log_every < 1:
+        raise ValueError(f"fit needs steps >= 1, batch_size >= 1, lr > 0 and log_every >= 1; "
+                         f"got {steps}, {batch_size}, {lr}, {log_every}")
+    return steps, batch_size, lr, log_every
 
 
 def _qualname(fn) -> str:
@@ -103,18 +111,22 @@ def _fingerprint(data):
     return repr(data)
 
 
-def _plain(value, what: str = "checkpoint config"):
-    """value as plain JSON types (tuples become lists); objects without a JSON form are an error."""
-    try:
-        return json.loads(json.dumps(value))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"the {what} must be JSON-like (dicts, lists, strings, numbers): {err}") from None
-
-
 def _version() -> str:
     import diffusion_lessons  # the package, imported by now; read lazily to avoid an import cycle
 
     return str(getattr(diffusion_lessons, "__version__", "0"))
+
+
+@functools.lru_cache(maxsize=None)
+def _code_hash() -> str:
+    """SHA-256 (16 hex digits) of the source of the modules that compute a run: an edit retrains."""
+    digest = hashlib.sha256()
+    for name in _CODE_MODULES:
+        try:
+            digest.update((FilePath(__file__).with_name(name)).read_bytes())
+        except OSError:  # installed without sources: the version alone identifies the code
+            digest.update(name.encode())
+    return digest.hexdigest()[:16]
 
 
 def _run_config(model, data, path, settings: dict, reinit: bool) -> dict:
@@ -127,7 +139,7 @@ def _run_config(model, data, path, settings: dict, reinit: bool) -> dict:
         **settings,
         "weighting": _qualname(weighting) if callable(weighting) else weighting,
         "model": model.config, "path": path.config(), "data": _fingerprint(data),
-        "init": start, "version": _version(),
+        "init": start, "version": _version(), "code": _code_hash(),
     }, sort_keys=True, default=repr))
 
 
@@ -138,10 +150,16 @@ def _cache_file(config: dict, name: str) -> FilePath:
     return cache_dir() / f"{name}-{key[:16]}.pt"
 
 
+def _partial_file(file: FilePath) -> FilePath:
+    """Where the resume checkpoint of cache entry `<name>-<key>.pt` lives: `<name>-<key>.partial.pt`."""
+    return file.with_suffix(".partial.pt")
+
+
 # -- the training loop ----------------------------------------------------------------------------
 
 def _batches(data, batch_size: int, device, dtype, seed: int):
-    """A function returning one minibatch [batch_size, ...] on `device`, drawn reproducibly from `seed`.
+    """(next_batch, generator): a function returning one minibatch [batch_size, ...] on `device`, drawn
+    reproducibly from `seed`, and the generator it draws with (its state is saved for a resume).
 
     Tensor [N, ...]: rows drawn uniformly with replacement; an object with .sample(n, generator=...);
     or a callable data(n, generator). Objects and callables get a CPU generator.
@@ -151,14 +169,49 @@ def _batches(data, batch_size: int, device, dtype, seed: int):
             raise ValueError(f"data must be a tensor [N, ...] with N >= 1 (N samples); got shape {list(data.shape)}")
         data = data.to(device=device, dtype=dtype)
         gen = torch.Generator(device=device).manual_seed(seed)
-        return lambda: data[torch.randint(len(data), (batch_size,), generator=gen, device=device)]
+        return (lambda: data[torch.randint(len(data), (batch_size,), generator=gen, device=device)]), gen
     gen = torch.Generator().manual_seed(seed)
     if callable(getattr(data, "sample", None)):
-        return lambda: data.sample(batch_size, generator=gen).to(device=device, dtype=dtype)
+        return (lambda: data.sample(batch_size, generator=gen).to(device=device, dtype=dtype)), gen
     if callable(data):
-        return lambda: data(batch_size, gen).to(device=device, dtype=dtype)
+        return (lambda: data(batch_size, gen).to(device=device, dtype=dtype)), gen
     raise ValueError(f"data must be a tensor [N, ...], an object with .sample(n, generator=...) or a callable "
                      f"data(n, generator); got {type(data).__name__}")
+
+
+@dataclasses.dataclass
+class _Run:
+    """A run between two steps: what a resume checkpoint holds besides the settings.
+
+    generators: "data" draws the minibatches, "noise" the times and the noise; with their states,
+    the optimizer's moments and the losses not yet logged, a resumed run repeats the same arithmetic.
+    """
+
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generators: dict
+    step: int = 0
+    history: dict = dataclasses.field(default_factory=lambda: {"step": [], "loss": []})
+    window: list = dataclasses.field(default_factory=list)  # losses of the steps since the last log
+
+    def resume_state(self) -> dict:
+        rng = {name: g.get_state() for name, g in self.generators.items()}  # uint8 tensors
+        return {"step": self.step, "optimizer": self.optimizer.state_dict(),
+                "rng": {**rng, "global": torch.get_rng_state()},
+                "window": torch.stack(self.window).cpu() if self.window else torch.zeros(0)}
+
+    def restore(self, payload: dict) -> None:
+        resume = payload["resume"]
+        self.model.load_state_dict(payload["state_dict"])
+        self.ema.load_state_dict(payload["ema_state_dict"])
+        self.optimizer.load_state_dict(resume["optimizer"])
+        for name, g in self.generators.items():
+            g.set_state(resume["rng"][name])
+        torch.set_rng_state(resume["rng"]["global"])
+        self.step, self.history = int(resume["step"]), payload["history"]
+        device = next(self.model.parameters()).device
+        self.window = list(resume["window"].to(device).unbind())
 
 
 @torch.no_grad()
@@ -170,37 +223,78 @@ def _ema_update(ema, model, decay: float) -> None:
         e.copy_(b)
 
 
-def _record(history, window, step, lr, bar) -> None:
-    """Append the window's mean loss to history; raise TrainingError at the first non-finite loss."""
-    values = torch.stack(window).float().cpu()  # one device sync per window, not per step
+def _diverged(step: int, what: str, lr: float) -> TrainingError:
+    return TrainingError(f"training diverged at step {step}: {what}. Try a lower learning rate than lr={lr:g} "
+                         f"(e.g. lr={lr / 10:g}); no checkpoint was written from the diverged weights")
+
+
+def _check_window(run: _Run, lr: float) -> torch.Tensor:
+    """The pending losses on the CPU (one device sync); TrainingError naming the first non-finite one."""
+    values = torch.stack(run.window).float().cpu() if run.window else torch.zeros(0)
     bad = (~torch.isfinite(values)).nonzero()
     if len(bad):
-        first = step - len(window) + 1 + int(bad[0])
-        raise TrainingError(f"training diverged at step {first}: the loss is {values[bad[0]].item()}. "
-                            f"Try a lower learning rate than lr={lr:g} (e.g. lr={lr / 10:g}); nothing was saved")
-    history["step"].append(step)
-    history["loss"].append(values.mean().item())
-    bar.update(len(window))
-    bar.set_postfix(loss=f"{history['loss'][-1]:.4f}")
+        raise _diverged(run.step - len(values) + 1 + int(bad[0]), f"the loss is {values[bad[0]].item()}", lr)
+    return values
 
 
-def _train(model, ema, next_batch, path, s: dict, generator, device, bar, log_every: int) -> dict:
-    """AdamW on objectives.loss for s["steps"] steps; EMA decay warms up as min(decay, (1+k)/(10+k))."""
-    cuda = device.type == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=s["lr"], fused=cuda or None)
-    history, window = {"step": [], "loss": []}, []
-    for step in range(1, s["steps"] + 1):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            value = loss(model, next_batch(), path, s["target"], s["weighting"], s["t_min"], generator)
-        opt.zero_grad(set_to_none=True)
+def _check_finite(run: _Run, lr: float) -> None:
+    """Before anything is written: the pending losses and all weights must be finite."""
+    _check_window(run, lr)
+    if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
+        raise _diverged(run.step, "the weights are no longer finite", lr)
+
+
+def _record(run: _Run, lr: float, bar) -> None:
+    """Append the window's mean loss to the history; raise TrainingError at the first non-finite loss."""
+    values = _check_window(run, lr)
+    run.history["step"].append(run.step)
+    run.history["loss"].append(values.mean().item())
+    run.window = []
+    bar.update(run.step - bar.n)
+    bar.set_postfix(loss=f"{run.history['loss'][-1]:.4f}")
+
+
+def _partial_schedule(checkpoint_every: int | None, steps: int):
+    """due(step) -> bool: whether to write a resume checkpoint after `step`.
+
+    An int: every that many steps (0: never). None: every 10% of the steps, at most once per
+    PARTIAL_MIN_SECONDS.
+    """
+    every, gap = (max(1, steps // 10), PARTIAL_MIN_SECONDS) if checkpoint_every is None else (int(checkpoint_every), 0)
+    last = [time.monotonic()]
+
+    def due(step: int) -> bool:
+        if every <= 0 or step % every or step >= steps or time.monotonic() - last[0] < gap:
+            return False
+        last[0] = time.monotonic()
+        return True
+
+    return due
+
+
+def _train(run: _Run, next_batch, path, s: dict, bar, save_partial) -> None:
+    """AdamW on objectives.loss from run.step to s["steps"]; EMA decay warms up as min(decay, (1+k)/(10+k)).
+
+    save_partial(run), when given, is called at the steps the schedule picks, after the checks.
+    """
+    device = next(run.model.parameters()).device
+    due = _partial_schedule(s["checkpoint_every"], s["steps"])
+    for step in range(run.step + 1, s["steps"] + 1):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            value = loss(run.model, next_batch(), path, s["target"], s["weighting"], s["t_min"],
+                         run.generators["noise"])
+        run.optimizer.zero_grad(set_to_none=True)
         value.backward()
-        opt.step()
-        _ema_update(ema, model, min(s["ema_decay"], (1 + step) / (10 + step)))
-        window.append(value.detach())
-        if step % log_every == 0 or step == s["steps"]:
-            _record(history, window, step, s["lr"], bar)
-            window = []
-    return history
+        run.optimizer.step()
+        _ema_update(run.ema, run.model, min(s["ema_decay"], (1 + step) / (10 + step)))
+        run.step = step
+        run.window.append(value.detach())
+        if step % s["log_every"] == 0 or step == s["steps"]:
+            _record(run, s["lr"], bar)
+        if save_partial is not None and due(step):
+            _check_finite(run, s["lr"])
+            save_partial(run)
+    _check_finite(run, s["lr"])
 
 
 def _reinitialise(model, seed: int) -> None:
@@ -211,10 +305,64 @@ def _reinitialise(model, seed: int) -> None:
     model.load_state_dict(fresh.state_dict())
 
 
+def _start(model, data, s: dict, seed: int, device):
+    """(run, next_batch) at step 0 from the model's current weights."""
+    ema = copy.deepcopy(model.train()).requires_grad_(False)
+    next_batch, data_generator = _batches(data, s["batch_size"], device, next(model.parameters()).dtype, seed)
+    noise_generator = torch.Generator(device=device).manual_seed(seed + 1)  # times and noise; data has `seed`
+    optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], fused=device.type == "cuda" or None)
+    return _Run(model, ema, optimizer, {"data": data_generator, "noise": noise_generator}), next_batch
+
+
+def _resume(model, data, s: dict, seed: int, device, partial: FilePath | None, config: dict):
+    """(run, next_batch): from the resume checkpoint `partial` when it holds this run, else from step 0."""
+    run, next_batch = _start(model, data, s, seed, device)
+    if partial is None or not partial.exists():
+        return run, next_batch
+    initial = copy.deepcopy(model.state_dict())
+    try:
+        payload = read_checkpoint(partial)
+        resume = payload.get("resume")
+        if payload["config"] != config or not isinstance(resume, dict) or not 0 < resume.get("step", 0) < s["steps"]:
+            raise CheckpointError("it holds a different run")
+        run.restore(payload)
+    except (CheckpointError, RuntimeError, KeyError, TypeError, ValueError) as err:
+        warnings.warn(f"ignoring the resume checkpoint {partial} ({err}); training from the start", stacklevel=4)
+        model.load_state_dict(initial)
+        return _start(model, data, s, seed, device)
+    return run, next_batch
+
+
+def _run_training(model, data, path, s: dict, seed: int, device, config, file, desc: str, progress: bool):
+    """(run, resumed_from): train, from file's partial checkpoint when there is one; write file at the end."""
+    partial = None if file is None else _partial_file(file)
+    with torch.random.fork_rng(devices=[]):  # a model that draws from the global RNG draws the same numbers
+        torch.default_generator.manual_seed(seed + 2)
+        run, next_batch = _resume(model, data, s, seed, device, partial, config)
+        resumed_from = run.step
+        if resumed_from and progress:
+            tqdm.write(f"{desc}: resuming from step {run.step} of {s['steps']} ({partial.name})", file=sys.stderr)
+
+        def save_partial(r: _Run) -> None:
+            write_atomically(checkpoint_payload(r.model, config, r.ema, r.history, resume=r.resume_state()), partial)
+
+        with tqdm(total=s["steps"], initial=run.step, disable=not progress, desc=desc) as bar:
+            _train(run, next_batch, path, s, bar, save_partial if partial is not None else None)
+    model.eval()
+    run.ema.eval()
+    if file is not None:
+        save_checkpoint(file, model, config, ema=run.ema, history=run.history)
+        partial.unlink(missing_ok=True)
+    return run, resumed_from
+
+
+# -- fit: the cache, its lock, and the run ---------------------------------------------------------
+
 def fit(model, data, path: Path, target: str = "eps", budget: str | None = None, steps: int | None = None,
         seed: int = 0, batch_size: int | None = None, lr: float | None = None, ema_decay: float = 0.999,
         cache: bool = True, name: str | None = None, device=None, progress: bool = True,
-        weighting=None, t_min: float = 1e-3, log_every: int | None = None, reinit: bool = True) -> FitResult:
+        weighting=None, t_min: float = 1e-3, log_every: int | None = None, reinit: bool = True,
+        checkpoint_every: int | None = None) -> FitResult:
     """Train `model` to predict `target` on `data` along `path`; cached by the run's settings.
 
     data: a tensor [N, ...], an object with .sample(n, generator=...), or a callable data(n, generator).
@@ -223,44 +371,65 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
     determine the run (same seed, same weights on CPU); False continues from the current weights
     (their hash joins the cache key). Models without a `.config` are neither reinitialised nor cached.
     device: default cuda when available (with bf16 autocast and fused AdamW), else cpu in float32.
-    Returns FitResult(model, ema, history, checkpoint, seconds, from_cache, config); both models in eval mode.
-    Raises TrainingError (naming the step) when the loss becomes NaN or infinite.
+    checkpoint_every: steps between resume checkpoints of a cached run (0: none; default: every 10%
+    of the steps, at most once per PARTIAL_MIN_SECONDS); a killed run called again resumes there.
+    Returns FitResult(model, ema, history, checkpoint, seconds, from_cache, config, resumed_from);
+    both models in eval mode. Raises TrainingError (naming the step) when the loss becomes NaN or
+    infinite; nothing is then written from the diverged weights.
     """
     started = time.perf_counter()
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
-    steps, batch_size, lr = _settings(budget, steps, batch_size, lr)
+    steps, batch_size, lr, log_every = _settings(budget, steps, batch_size, lr, log_every)
     settings = dict(target=target, steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema_decay=ema_decay,
-                    weighting=weighting, t_min=t_min)
+                    weighting=weighting, t_min=t_min, log_every=log_every)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = _run_config(model, data, path, settings, reinit) if hasattr(model, "config") else None
     if cache and config is None:
         warnings.warn(f"{type(model).__name__} has no .config, so fit cannot cache it", stacklevel=2)
-    file = _cache_file(config, name or type(model).__name__) if cache and config else None
+    desc = name or type(model).__name__
+    file = _cache_file(config, desc) if cache and config else None
     model.to(device)
-    if file is not None and file.exists():
-        cached = _from_cache(file, model, config)
+    s = {**settings, "checkpoint_every": checkpoint_every}
+
+    def result(ema, history, from_cache, resumed_from=0):
+        return FitResult(model, ema, history, file, time.perf_counter() - started, from_cache, config, resumed_from)
+
+    if file is None:
+        if reinit and config is not None:
+            _reinitialise(model, seed)
+        run, _ = _run_training(model, data, path, s, seed, device, config, None, desc, progress)
+        return result(run.ema, run.history, False)
+    seen = _stamp(file)
+    cached = _from_cache(file, model, config) if seen else None  # a finished entry needs no lock
+    if cached is not None:
+        return result(*cached, True)
+    with exclusive_lock(file, desc if progress else None):
+        now = _stamp(file)
+        cached = _from_cache(file, model, config) if now and now != seen else None  # written while we waited
         if cached is not None:
-            return FitResult(model, cached[0], cached[1], file, time.perf_counter() - started, True, config)
-    if reinit and config is not None:
-        _reinitialise(model, seed)
-    ema = copy.deepcopy(model.train()).requires_grad_(False)
-    next_batch = _batches(data, batch_size, device, next(model.parameters()).dtype, seed)
-    generator = torch.Generator(device=device).manual_seed(seed + 1)  # noise and times; data has `seed`
-    with tqdm(total=steps, disable=not progress, desc=name or type(model).__name__) as bar:
-        history = _train(model, ema, next_batch, path, settings, generator, device, bar,
-                         log_every or max(1, steps // 100))
-    model.eval()
-    ema.eval()
-    if file is not None:
-        save_checkpoint(file, model, config, ema=ema, history=history)
-    return FitResult(model, ema, history, file, time.perf_counter() - started, False, config)
+            return result(*cached, True)
+        remove_temporaries(file)
+        remove_temporaries(_partial_file(file))
+        if reinit:
+            _reinitialise(model, seed)
+        run, resumed_from = _run_training(model, data, path, s, seed, device, config, file, desc, progress)
+    return result(run.ema, run.history, False, resumed_from)
+
+
+def _stamp(file: FilePath):
+    """(inode, mtime, size) of file, or None when it does not exist: tells whether it was rewritten."""
+    try:
+        st = file.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _from_cache(file: FilePath, model, config: dict):
     """(ema, history) loaded into `model` from a cached checkpoint, or None (with a warning) if unusable."""
     try:
-        payload = _read_checkpoint(file)
+        payload = read_checkpoint(file)
         if payload["config"] != config or payload.get("ema_state_dict") is None:
             raise CheckpointError(f"{file} holds a different run")
         model.load_state_dict(payload["state_dict"])
@@ -273,101 +442,3 @@ def _from_cache(file: FilePath, model, config: dict):
     return ema.eval().requires_grad_(False), payload.get("history") or {"step": [], "loss": []}
 
 
-# -- checkpoints ----------------------------------------------------------------------------------
-
-def _cpu_state(module) -> dict:
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-
-def save_checkpoint(file, model, config: dict, ema=None, history: dict | None = None) -> FilePath:
-    """Write model (and EMA) weights with `config` to `file` atomically; returns the file.
-
-    config: JSON-like dict of the run's settings; config["model"] is set to model.config, which
-    load_checkpoint uses to rebuild the model. A failed write leaves any existing file untouched.
-    """
-    file = FilePath(file)
-    if not hasattr(model, "config"):
-        raise ValueError(f"{type(model).__name__} has no .config, so a checkpoint could not rebuild it; "
-                         "use a model from diffusion_lessons.nets")
-    payload = {
-        CHECKPOINT_MARKER: CHECKPOINT_VERSION,
-        "config": {**_plain(config), "model": _plain(model.config, "model config")},
-        "state_dict": _cpu_state(model),
-        "ema_state_dict": None if ema is None else _cpu_state(ema),
-        "history": _plain(history or {}, "history"),
-    }
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=f".{file.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, file)
-    except BaseException:
-        FilePath(tmp).unlink(missing_ok=True)
-        raise
-    return file
-
-
-def _read_checkpoint(file) -> dict:
-    """The validated payload of a checkpoint file (weights-only load); CheckpointError otherwise."""
-    file = FilePath(file)
-    if not file.is_file():
-        raise CheckpointError(f"no checkpoint at {file}: the file does not exist "
-                              "(train one with fit(...) or `diffusion-lessons train`)")
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ...
-        first = (str(err).splitlines() or [""])[0]
-        reason = ("the weights-only loader refused it: it holds pickled Python objects, or is garbage"
-                  if "Weights only load failed" in first else f"{type(err).__name__}: {first[:120]}")
-        raise CheckpointError(f"cannot read {file}: it is truncated, corrupt or not a diffusion-lessons "
-                              f"checkpoint ({reason}); delete it and train again") from None
-    if not isinstance(payload, dict) or CHECKPOINT_MARKER not in payload:
-        raise CheckpointError(f"{file} is not a diffusion-lessons checkpoint (no {CHECKPOINT_MARKER!r} key); "
-                              "write checkpoints with save_checkpoint or fit")
-    if payload[CHECKPOINT_MARKER] != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{file} has checkpoint format {payload[CHECKPOINT_MARKER]!r}; this version of "
-                              f"diffusion-lessons reads format {CHECKPOINT_VERSION}")
-    config = payload.get("config")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or "state_dict" not in payload:
-        raise CheckpointError(f"{file} is incomplete: it needs 'config' (with 'model') and 'state_dict'")
-    return payload
-
-
-def _check_expected(config: dict, expect: dict, file) -> None:
-    wanted = _plain(expect, "expect")
-    diffs = [f"{k}: file has {config.get(k)!r}, expected {v!r}" for k, v in wanted.items() if config.get(k) != v]
-    if diffs:
-        raise CheckpointError(f"{file} does not match what was asked for: " + "; ".join(diffs))
-
-
-def load_checkpoint(file, expect: dict | None = None, which: str = "model", device="cpu"):
-    """(model, config) from a checkpoint: the model rebuilt from config["model"], in eval mode.
-
-    which: "model" for the trained weights, "ema" for their moving average. expect: keys of the
-    config that must have these values (e.g. {"target": "eps", "path": path.config()}).
-    Raises CheckpointError for a missing, truncated, corrupt or foreign file, weights that do not fit
-    the config, or a config that differs from `expect`.
-    """
-    if which not in ("model", "ema"):
-        raise ValueError(f"which must be 'model' or 'ema'; got {which!r}")
-    payload = _read_checkpoint(file)
-    config = payload["config"]
-    if expect:
-        _check_expected(config, expect, file)
-    state = payload.get("state_dict" if which == "model" else "ema_state_dict")
-    if state is None:
-        raise CheckpointError(f"{file} has no EMA weights; use which='model'")
-    try:
-        model = build_model(config["model"])
-    except ValueError as err:
-        raise CheckpointError(f"{file}: cannot rebuild its model: {err}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{file}: the weights do not fit the model its config describes "
-                              f"({config['model']}): {str(err).splitlines()[0]}") from None
-    return model.to(device).eval(), config

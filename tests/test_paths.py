@@ -154,3 +154,16 @@ def test_float32_and_bad_input():
     with pytest.raises(ValueError, match="unknown path 'vpp'"):
         dl.make_path("vpp")
     assert isinstance(dl.make_path(dl.VE(sigma_max=10).config()), dl.VE)
+
+
+def test_ve_sigma_is_exact_near_zero_in_float32():
+    """sigma(t)^2 = s_min^2 ((s_max/s_min)^(2t) - 1): subtracting two nearly equal squares loses every digit
+    near t = 0 in float32 (and went negative: NaN). Reference: the plain definition s(t)^2 - s_min^2 in
+    Python's float64, where the cancellation costs about 1e-10 relative at t = 1e-7."""
+    ve = dl.VE(sigma_min=0.01, sigma_max=50.0)
+    times = [0.0, 1e-7, 1e-5, 1e-3, 0.1, 0.5, 1.0]
+    got = ve.sigma(torch.tensor(times, dtype=torch.float32))
+    assert torch.isfinite(got).all() and got[0] == 0
+    for t, g in zip(times[1:], got[1:].tolist()):
+        ref = math.sqrt((0.01 * 5000.0**t) ** 2 - 0.01**2)
+        assert abs(g - ref) <= 1e-5 * ref, (t, g, ref)

@@ -1,12 +1,17 @@
+import json
 import os
 import pickle
 import re
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path as FilePath
 
 import pytest
 import torch
 
-from diffusion_lessons.distributions import gauss2, gmm2
+from diffusion_lessons.distributions import gauss2, gmm2, toy_data
 from diffusion_lessons.nets import TimeMLP
 from diffusion_lessons.objectives import loss
 from diffusion_lessons.paths import make_path
@@ -219,3 +224,263 @@ def test_bad_data_says_what_is_wrong():
         fit(TimeMLP(2, hidden=16), "moons", make_path("vp"), **SMALL)
     with pytest.raises(ValueError, match="unknown target 'noise'"):
         fit(TimeMLP(2, hidden=16), _data(), make_path("vp"), target="noise", **SMALL)
+
+
+# -- the cache key ------------------------------------------------------------------------------------
+
+def test_the_cache_key_covers_everything_that_changes_the_result(tmp_path):
+    """Each setting, changed alone, gives another cache file; the same settings give the same file."""
+    import diffusion_lessons
+    from diffusion_lessons import training
+
+    data = _data(64)
+
+    def key(model=None, data=data, path=None, **changes):
+        kwargs = {"steps": 2, "batch_size": 8, "progress": False, **changes}
+        return fit(model or TimeMLP(2, hidden=16), data, path or make_path("vp"), **kwargs).checkpoint.name
+
+    base = key()
+    changed_data = data.clone()
+    changed_data[3, 1] += 1e-3
+    variants = {
+        "model config": key(model=TimeMLP(2, hidden=32)),
+        "path config": key(path=make_path("vp", beta_max=10.0)),
+        "path": key(path=make_path("subvp")),
+        "target": key(target="score"),
+        "steps": key(steps=3),
+        "batch size": key(batch_size=16),
+        "learning rate": key(lr=1e-4),
+        "seed": key(seed=1),
+        "data": key(data=changed_data),
+        "EMA decay": key(ema_decay=0.99),
+        "t_min": key(t_min=1e-2),
+        "weighting": key(weighting="likelihood"),
+        "logging interval": key(log_every=2),
+        "starting weights": key(reinit=False),
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(diffusion_lessons, "__version__", "999.0")
+        variants["package version"] = key()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "_code_hash", lambda: "edited source")
+        variants["model code"] = key()
+    assert key() == base and key(checkpoint_every=1) == base  # how often it checkpoints changes nothing
+    assert [name for name, file in variants.items() if file == base] == []
+    assert len(set(variants.values())) == len(variants)
+    _, config = load_checkpoint(tmp_path / "cache" / base)
+    assert {"model", "path", "target", "steps", "batch_size", "lr", "seed", "data", "version", "code"} <= set(config)
+
+
+# -- resuming an interrupted run ----------------------------------------------------------------------
+
+class _Interrupted(Exception):
+    pass
+
+
+def _moons_until(calls: int | None):
+    """moons(n, generator), raising _Interrupted at the call after `calls` (None: never): a run cut short."""
+    count = [0]
+
+    def moons(n, generator):
+        count[0] += 1
+        if calls is not None and count[0] > calls:
+            raise _Interrupted
+        return toy_data("moons", n, generator=generator)
+
+    return moons
+
+
+RESUMABLE = dict(steps=100, batch_size=64, lr=3e-3, checkpoint_every=20, log_every=7, progress=False)
+
+
+def _same_tensors(file_a, file_b):
+    a, b = (torch.load(f, weights_only=True) for f in (file_a, file_b))
+    assert a["config"] == b["config"] and a["history"] == b["history"]
+    for part in ("state_dict", "ema_state_dict"):
+        assert a[part].keys() == b[part].keys()
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), (part, name)
+
+
+def test_an_interrupted_run_resumes_to_the_same_final_state(tmp_path, monkeypatch):
+    """Stopped during step 54 (checkpoints every 20 steps, losses logged every 7), then called again:
+    it resumes at step 40 and ends bit for bit where an uninterrupted run ends (model, EMA, history)."""
+    path = make_path("vp")
+    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(tmp_path / "whole"))
+    whole = fit(TimeMLP(2, hidden=32), _moons_until(None), path, **RESUMABLE)
+    assert whole.resumed_from == 0 and os.listdir(tmp_path / "whole") == [whole.checkpoint.name]
+
+    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(tmp_path / "cut"))
+    with pytest.raises(_Interrupted):
+        fit(TimeMLP(2, hidden=32), _moons_until(53), path, **RESUMABLE)
+    partial = tmp_path / "cut" / whole.checkpoint.name.replace(".pt", ".partial.pt")
+    assert os.listdir(tmp_path / "cut") == [partial.name]  # no final file, no lock, no temporary file
+    payload = torch.load(partial, weights_only=True)  # weights-only: tensors, numbers, strings only
+    resume = payload["resume"]
+    assert resume["step"] == 40 and payload["history"]["step"] == [7, 14, 21, 28, 35]
+    assert len(resume["window"]) == 5  # the losses of steps 36..40, not yet logged
+    assert all(state.dtype == torch.uint8 for state in resume["rng"].values())
+    assert set(resume["rng"]) == {"data", "noise", "global"} and resume["optimizer"]["state"]
+
+    again = fit(TimeMLP(2, hidden=32), _moons_until(None), path, **RESUMABLE)
+    assert again.resumed_from == 40 and not again.from_cache
+    assert os.listdir(tmp_path / "cut") == [whole.checkpoint.name]  # the partial file is gone
+    _same_tensors(whole.checkpoint, again.checkpoint)
+    for a, b in zip(_weights(whole.ema), _weights(again.ema)):
+        assert torch.equal(a, b)
+
+
+def test_an_unusable_resume_checkpoint_is_ignored(tmp_path, monkeypatch):
+    """A damaged partial file (and a temporary file of a writer killed mid-write) do not stop a run."""
+    path = make_path("rf")
+    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(tmp_path / "clean"))
+    clean = fit(TimeMLP(2, hidden=16), _moons_until(None), path, **RESUMABLE)
+    cache = tmp_path / "dirty"
+    cache.mkdir()
+    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(cache))
+    (cache / clean.checkpoint.name.replace(".pt", ".partial.pt")).write_bytes(b"\x80\x02garbage")
+    (cache / f".{clean.checkpoint.name}.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    with pytest.warns(UserWarning, match="ignoring the resume checkpoint .* training from the start"):
+        again = fit(TimeMLP(2, hidden=16), _moons_until(None), path, **RESUMABLE)
+    assert again.resumed_from == 0 and os.listdir(cache) == [clean.checkpoint.name]
+    _same_tensors(clean.checkpoint, again.checkpoint)
+
+
+class _TimeMLPTurningNaN(TimeMLP):
+    """A TimeMLP (same config, so the same cache key) whose output turns NaN from its k-th call on."""
+
+    def __init__(self, *args, nan_from: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nan_from, self.calls = nan_from, 0
+
+    def forward(self, x, t, y=None):
+        self.calls += 1
+        out = super().forward(x, t, y)
+        return out * float("nan") if self.calls >= self.nan_from else out
+
+
+def _snapshot(folder):
+    return {f.name: f.read_bytes() for f in sorted(folder.iterdir())}
+
+
+def test_divergence_leaves_every_saved_file_untouched(tmp_path):
+    """A NaN loss stops training with the step named, and nothing on disk changes: neither another run's
+    checkpoint nor this run's resume checkpoint, even when the NaN falls between two resume checkpoints."""
+    cache, path, data = tmp_path / "cache", make_path("vp"), _data()
+    other = fit(TimeMLP(2, hidden=16), data, path, **SMALL).checkpoint  # a good entry of another run
+    nan_run = {**SMALL, "steps": 100, "checkpoint_every": 20, "log_every": 50}
+    with pytest.raises(TrainingError, match=r"diverged at step 50: the loss is nan.*lower learning rate"):
+        fit(_TimeMLPTurningNaN(2, hidden=16, nan_from=50), data, path, **nan_run)
+    partials = sorted(cache.glob("*.partial.pt"))
+    assert len(partials) == 1 and torch.load(partials[0], weights_only=True)["resume"]["step"] == 40
+    before = _snapshot(cache)
+    assert sorted(before) == sorted([other.name, partials[0].name])
+    # resumed at step 40, NaN from step 55; the losses are logged only at step 50 and 100, so it is the
+    # check before the resume checkpoint of step 60 that must catch it
+    with pytest.raises(TrainingError, match=r"diverged at step 55: the loss is nan.*lower learning rate"):
+        fit(_TimeMLPTurningNaN(2, hidden=16, nan_from=15), data, path, **nan_run)
+    assert _snapshot(cache) == before
+    load_checkpoint(other)
+
+
+# -- faults: SIGKILL and two processes at once ----------------------------------------------------------
+
+TRAIN_SCRIPT = r'''
+"""Train a small cached model on slowed-down moons; print the FitResult as JSON."""
+import json, os, pathlib, sys, time
+import torch
+import diffusion_lessons as dl
+
+steps, every, pause = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+barrier = pathlib.Path(sys.argv[4]) if len(sys.argv) > 4 else None
+torch.set_num_threads(1)
+
+
+class SlowMoons:
+    """moons, with a pause per batch so that a test can catch the run in the middle (the pause is not in
+    the config: it does not change the result)."""
+
+    def sample(self, n, generator=None):
+        time.sleep(pause)
+        return dl.toy_data("moons", n, generator=generator)
+
+    def config(self):
+        return {"name": "moons"}
+
+
+if barrier is not None:  # say we are ready, then wait for the go, so that two processes start fit together
+    (barrier / f"ready-{os.getpid()}").touch()
+    while not (barrier / "go").exists():
+        time.sleep(0.01)
+r = dl.fit(dl.TimeMLP(2, hidden=32), SlowMoons(), dl.VP(), steps=steps, batch_size=64, checkpoint_every=every,
+           log_every=7, progress=False)
+print(json.dumps({"from_cache": r.from_cache, "resumed_from": r.resumed_from, "checkpoint": str(r.checkpoint)}))
+'''
+
+
+def _start_training(tmp_path, cache, *args):
+    script = tmp_path / "train_script.py"
+    script.write_text(TRAIN_SCRIPT)
+    env = {**os.environ, "DIFFUSION_LESSONS_CACHE": str(cache), "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.Popen([sys.executable, str(script), *map(str, args)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(process, timeout=300):
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _wait_for(condition, timeout=180.0, what="a condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")
+def test_a_run_killed_with_sigkill_resumes_to_the_state_of_an_uninterrupted_run(tmp_path):
+    """400 steps, a resume checkpoint every 50: SIGKILL the process once one exists, start it again, and
+    compare every tensor of the final checkpoint with a run that was never interrupted (torch.equal)."""
+    whole = _start_training(tmp_path, tmp_path / "whole", 400, 50, 0.005)
+    victim = _start_training(tmp_path, tmp_path / "killed", 400, 50, 0.02)  # slower: >= 7 s after step 50
+    try:
+        _wait_for(lambda: list((tmp_path / "killed").glob("*.partial.pt")) or victim.poll() is not None,
+                  what="the first resume checkpoint")
+        victim.send_signal(signal.SIGKILL)
+        _, err = victim.communicate(timeout=60)
+    finally:
+        victim.kill()
+    assert victim.returncode == -signal.SIGKILL, err
+    (partial,) = (tmp_path / "killed").glob("*.partial.pt")
+    assert not list((tmp_path / "killed").glob("*-????????????????.pt"))  # killed before the end
+    step = torch.load(partial, weights_only=True)["resume"]["step"]
+    assert step % 50 == 0 and 50 <= step < 400
+
+    resumed = _finish(_start_training(tmp_path, tmp_path / "killed", 400, 50, 0.005))
+    reference = _finish(whole)
+    assert resumed["resumed_from"] == step and not resumed["from_cache"] and reference["resumed_from"] == 0
+    assert FilePath(resumed["checkpoint"]).name == FilePath(reference["checkpoint"]).name
+    _same_tensors(reference["checkpoint"], resumed["checkpoint"])
+    assert os.listdir(tmp_path / "killed") == [FilePath(resumed["checkpoint"]).name]  # no partial, lock or tmp
+
+
+def test_two_processes_training_the_same_model_share_one_cache_entry(tmp_path):
+    """Two processes ask for the same model at the same moment: one trains it, the other waits for the
+    lock and loads its checkpoint; the cache ends with one valid checkpoint and nothing else."""
+    cache, barrier = tmp_path / "cache", tmp_path / "barrier"
+    barrier.mkdir()
+    processes = [_start_training(tmp_path, cache, 150, 0, 0.01, barrier) for _ in range(2)]
+    try:
+        _wait_for(lambda: len(list(barrier.glob("ready-*"))) == 2 or any(p.poll() is not None for p in processes),
+                  what="both processes to be ready")
+        (barrier / "go").touch()
+        results = [_finish(p) for p in processes]
+    finally:
+        for p in processes:
+            p.kill()
+    assert sorted(r["from_cache"] for r in results) == [False, True]
+    assert results[0]["checkpoint"] == results[1]["checkpoint"]
+    assert os.listdir(cache) == [FilePath(results[0]["checkpoint"]).name]
+    load_checkpoint(results[0]["checkpoint"], which="ema")
