@@ -10,15 +10,16 @@ The pages are served from 127.0.0.1 by `python -m http.server`; Chromium sends e
 a closed port (a dead proxy), so anything a page would fetch from the internet fails, and the test
 fails with it. For each page it checks: no console errors, no request leaving 127.0.0.1, math typeset
 by MathJax (no raw `$$`), every image loaded, every internal link and anchor resolving; on chapter 1,
-that the widget is drawn and its slider changes the picture without a kernel, that the animation
-steps, and that its exercises' solutions start hidden and open. A screenshot of each page is saved
-under _build/screenshots/.
+that the widget is drawn and its slider changes the picture without a kernel and that the animation
+steps; on every chapter listed in _toc.yml, that it has 2 to 4 exercises, each with a solution that
+starts hidden and opens. A screenshot of each page is saved under _build/screenshots/.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -41,6 +42,14 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 CHAPTER_1 = "notebooks/01_forward_process.html"
 PAGE_TIMEOUT = 60  # seconds for one page to load, typeset and draw its widgets on a loaded 2-core machine
+
+
+def _chapters() -> list[str]:
+    """The chapter pages in _toc.yml, relative to BOOK: its `- file: notebooks/...` lines (a commented-out one
+    starts with `#` and is not a chapter yet). Read with a regular expression, so that collecting this file
+    needs no YAML parser."""
+    toc = (REPO / "_toc.yml").read_text()
+    return [f"{file}.html" for file in re.findall(r"^\s*- file:\s*(notebooks/\S+?)\s*$", toc, flags=re.M)]
 
 
 def _pages() -> list[str]:
@@ -266,19 +275,35 @@ def test_chapter_1_widget_and_animation_work_without_a_kernel(book, server, brow
     assert browser.execute_script("return arguments[0].src;", animation) != frame, "the animation did not step"
     assert browser.execute_script("return document.querySelectorAll('.animation .anim-buttons svg').length") == 9
     _screenshot(browser, CHAPTER_1, "-animation")
+    errors = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
 
-    # 2 to 4 exercises at the end, each with a solution that is hidden until the reader opens it
+
+@pytest.mark.parametrize("chapter", _chapters())
+def test_chapter_exercises_have_hidden_solutions_that_open(book, server, browser, chapter):
+    """2 to 4 exercises at the end of the chapter, each with a solution that is hidden until the reader opens it."""
+    assert (book / chapter).is_file(), f"{chapter} is listed in _toc.yml but was not built"
+    _load(browser, server, chapter)
     exercises = browser.find_elements("css selector", "div.exercise")
     solutions = browser.find_elements("css selector", "div.solution.dropdown")
-    assert 2 <= len(exercises) <= 4 and len(solutions) == len(exercises), (len(exercises), len(solutions))
-    checked = "div.solution.dropdown .cell_output"  # the solution's code ran in the book; its output is inside
-    assert browser.execute_script(f"return document.querySelectorAll('{checked}').length") >= 1
-    assert not browser.find_element("css selector", checked).is_displayed(), "solutions must start hidden"
-    toggle = solutions[0].find_element("css selector", ".admonition-title .toggle-button")
-    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", toggle)
-    toggle.click()
-    _wait(browser, f"document.querySelector('{checked}').offsetParent !== null", "a solution did not open", 10)
+    assert 2 <= len(exercises) <= 4 and len(solutions) == len(exercises), (
+        f"{chapter}: expected 2 to 4 exercises, each with a dropdown solution; found {len(exercises)} exercises "
+        f"and {len(solutions)} solutions")
+    checked = "div.solution.dropdown .cell_output"  # a solution's code ran in the book; its output is inside
+    assert browser.execute_script(f"return document.querySelectorAll('{checked}').length") >= 1, (
+        f"{chapter}: no solution shows the output of code run in the book")
+    for i, solution in enumerate(solutions, 1):
+        content = solution.find_element("css selector", ".admonition-title ~ *")  # what the dropdown hides
+        assert not content.is_displayed(), f"{chapter}: solution {i} must start hidden"
+        toggle = solution.find_element("css selector", ".admonition-title .toggle-button")
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", toggle)
+        toggle.click()
+        deadline = time.monotonic() + 10
+        while not content.is_displayed():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{chapter}: solution {i} did not open (waited 10 s)", pytrace=False)
+            time.sleep(0.2)
     time.sleep(1)  # let the fade-in finish before the screenshot
-    _screenshot(browser, CHAPTER_1, "-solution")
+    _screenshot(browser, chapter, "-solutions")
     errors = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors
