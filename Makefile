@@ -4,14 +4,19 @@
 # make browser-test : open every page of the built book in headless Chromium (builds it first if missing;
 #                     needs Debian's chromium and chromium-driver)
 # make vendor       : fetch the pinned JavaScript the book serves itself into .vendor/ (book/vendor_assets.py)
+# make bench        : create .venv if needed, install, run the benchmarks (training throughput against a
+#                     tutorial loop, sampler error per NFE, UNet step memory; bench/RESULTS.md records them);
+#                     on CUDA the same command runs the GPU rows. BENCH_ARGS passes options, e.g.
+#                     BENCH_ARGS="--only book" times every chapter at the smoke budget, "--out FILE" saves the tables
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 VENDOR := .vendor/MANIFEST.json
+BENCH_ARGS ?=
 
-.PHONY: test book browser-test vendor clean venv
+.PHONY: test book browser-test vendor bench clean venv
 
 venv: $(STAMP)
 
@@ -31,6 +36,10 @@ book: $(STAMP) $(VENDOR)
 browser-test: $(STAMP)
 	test -f _build/html/index.html || $(MAKE) book
 	$(PY) -m pytest -m browser tests/test_browser.py -p no:cacheprovider
+
+# Measurements, not tests: neither `make test` nor .ci/run calls it (diffusion_lessons/bench.py).
+bench: $(STAMP)
+	$(PY) -m diffusion_lessons.bench $(BENCH_ARGS)
 
 vendor: $(VENDOR)
 
