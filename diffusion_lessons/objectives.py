@@ -27,20 +27,35 @@ import torch
 
 from .paths import TARGETS, Path, convert, expand_time
 
-__all__ = ["draw", "target_value", "loss"]
+__all__ = ["draw", "draw_noise", "target_value", "loss"]
 
 
-def draw(x0: torch.Tensor, path: Path, t_min: float = 1e-3, generator: torch.Generator | None = None):
+def draw(x0: torch.Tensor, path: Path, t_min: float = 1e-3, generator: torch.Generator | None = None,
+         noise: tuple[torch.Tensor, torch.Tensor] | None = None):
     """One draw t ~ U(t_min, 1) [N], eps ~ N(0, I) like x0, x_t = alpha_t x0 + sigma_t eps. Returns (t, eps, x_t).
 
     t stays strictly below 1 (in x0's dtype), where the SDE coefficients of some paths (rf) blow up.
+    noise: the pair (u, eps) from `draw_noise`, drawn beforehand (t = t_min + (1 - t_min) u); then
+    nothing is drawn here and the result is the same as drawing with the generator draw_noise used.
     """
     if not 0 <= t_min < 1:
         raise ValueError(f"t_min must lie in [0, 1); got {t_min}")
-    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device) if noise is None else noise[0]
     t = (t_min + (1 - t_min) * u).clamp(max=1 - torch.finfo(x0.dtype).eps)
-    x_t, eps = path.sample(x0, t, generator=generator)
+    x_t, eps = path.sample(x0, t, eps=None if noise is None else noise[1], generator=generator)
     return t, eps, x_t
+
+
+def draw_noise(x0: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The randomness of one loss evaluation, in the order `draw` draws it: u ~ U(0, 1) [N], eps ~ N(0, I) like x0.
+
+    Drawing it apart lets a trainer draw the noise of a whole batch and hand each process its rows,
+    or keep the random generator out of a compiled loss.
+    """
+    if not x0.is_floating_point():
+        raise ValueError(f"x0 must be a floating-point tensor; got {x0.dtype}: convert it with x0.float()")
+    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device)
+    return u, torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
 
 
 def target_value(target: str, x0: torch.Tensor, eps: torch.Tensor, t, path: Path) -> torch.Tensor:
@@ -70,7 +85,8 @@ def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def loss(model: Callable, x0: torch.Tensor, path: Path, target: str = "eps",
          weighting: str | Callable | None = None, t_min: float = 1e-3,
-         generator: torch.Generator | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+         generator: torch.Generator | None = None, y: torch.Tensor | None = None,
+         noise: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean regression loss of a model that predicts ``target`` directly, on one draw of (t, eps, x_t).
 
     L = mean_n lambda(t_n) ||model(x_t, t) - target||^2 / D, with x0 [N, ...] a data batch, D the
@@ -81,11 +97,11 @@ def loss(model: Callable, x0: torch.Tensor, path: Path, target: str = "eps",
     * ``"likelihood"``: Song's lambda = g^2(t) on the *score* error, whatever the target:
       L = mean g^2(t) ||s_hat - (-eps / sigma_t)||^2 / D with s_hat = convert(model output, target -> score).
 
-    y: optional labels passed on as ``model(x_t, t, y)``.
+    y: optional labels passed on as ``model(x_t, t, y)``. noise: a pre-drawn (u, eps) from `draw_noise`.
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
-    t, eps, x_t = draw(x0, path, t_min, generator)
+    t, eps, x_t = draw(x0, path, t_min, generator, noise)
     pred = model(x_t, t) if y is None else model(x_t, t, y)
     if pred.shape != x0.shape:
         raise ValueError(f"the model must return a tensor like x {list(x0.shape)}; got {list(pred.shape)}")

@@ -15,6 +15,10 @@ format plus a "resume" section (optimizer state, step, the losses not yet logged
 the random generators, all tensors). A killed run, called again, resumes there and ends in the same
 state, bit for bit on CPU, as a run that was never interrupted; the partial file goes when the
 final checkpoint is written. A NaN or infinite loss stops training before anything is written.
+
+Hardware. On CUDA one step runs in bf16 autocast with fused AdamW, a compiled loss, the data on the
+device and no host synchronisation between logging steps (train_step.py); under torchrun the ranks
+share each global batch and average their gradients with DistributedDataParallel (distributed.py).
 """
 from __future__ import annotations
 
@@ -33,11 +37,12 @@ from pathlib import Path as FilePath
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed, train_step
 from .budget import pick
 from .checkpoints import (CHECKPOINT_MARKER, CheckpointError, checkpoint_payload, exclusive_lock, load_checkpoint,
                           read_checkpoint, remove_temporaries, save_checkpoint, write_atomically)
 from .nets import build_model
-from .objectives import loss
+from .objectives import draw_noise
 from .paths import TARGETS, Path
 
 __all__ = ["fit", "FitResult", "TrainingError", "CheckpointError", "save_checkpoint", "load_checkpoint",
@@ -48,7 +53,7 @@ CACHE_ENV = "DIFFUSION_LESSONS_CACHE"
 # once per this many seconds: a run of a few seconds writes none, a long one loses little.
 PARTIAL_MIN_SECONDS = 30.0
 # The modules whose source determines what a run computes; their hash joins the cache key.
-_CODE_MODULES = ("nets.py", "objectives.py", "paths.py", "training.py")
+_CODE_MODULES = ("nets.py", "objectives.py", "paths.py", "training.py", "train_step.py", "distributed.py")
 
 
 class TrainingError(RuntimeError):
@@ -157,28 +162,6 @@ def _partial_file(file: FilePath) -> FilePath:
 
 # -- the training loop ----------------------------------------------------------------------------
 
-def _batches(data, batch_size: int, device, dtype, seed: int):
-    """(next_batch, generator): a function returning one minibatch [batch_size, ...] on `device`, drawn
-    reproducibly from `seed`, and the generator it draws with (its state is saved for a resume).
-
-    Tensor [N, ...]: rows drawn uniformly with replacement; an object with .sample(n, generator=...);
-    or a callable data(n, generator). Objects and callables get a CPU generator.
-    """
-    if isinstance(data, torch.Tensor):
-        if data.dim() < 2 or len(data) == 0:
-            raise ValueError(f"data must be a tensor [N, ...] with N >= 1 (N samples); got shape {list(data.shape)}")
-        data = data.to(device=device, dtype=dtype)
-        gen = torch.Generator(device=device).manual_seed(seed)
-        return (lambda: data[torch.randint(len(data), (batch_size,), generator=gen, device=device)]), gen
-    gen = torch.Generator().manual_seed(seed)
-    if callable(getattr(data, "sample", None)):
-        return (lambda: data.sample(batch_size, generator=gen).to(device=device, dtype=dtype)), gen
-    if callable(data):
-        return (lambda: data(batch_size, gen).to(device=device, dtype=dtype)), gen
-    raise ValueError(f"data must be a tensor [N, ...], an object with .sample(n, generator=...) or a callable "
-                     f"data(n, generator); got {type(data).__name__}")
-
-
 @dataclasses.dataclass
 class _Run:
     """A run between two steps: what a resume checkpoint holds besides the settings.
@@ -195,11 +178,11 @@ class _Run:
     history: dict = dataclasses.field(default_factory=lambda: {"step": [], "loss": []})
     window: list = dataclasses.field(default_factory=list)  # losses of the steps since the last log
 
-    def resume_state(self) -> dict:
+    def resume_state(self, window: torch.Tensor) -> dict:
+        """What a resume checkpoint holds besides the weights; window: the pending losses (_check_finite)."""
         rng = {name: g.get_state() for name, g in self.generators.items()}  # uint8 tensors
         return {"step": self.step, "optimizer": self.optimizer.state_dict(),
-                "rng": {**rng, "global": torch.get_rng_state()},
-                "window": torch.stack(self.window).cpu() if self.window else torch.zeros(0)}
+                "rng": {**rng, "global": torch.get_rng_state()}, "window": window}
 
     def restore(self, payload: dict) -> None:
         resume = payload["resume"]
@@ -214,39 +197,32 @@ class _Run:
         self.window = list(resume["window"].to(device).unbind())
 
 
-@torch.no_grad()
-def _ema_update(ema, model, decay: float) -> None:
-    """ema <- decay ema + (1 - decay) model, for every parameter; buffers are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
-
-
 def _diverged(step: int, what: str, lr: float) -> TrainingError:
     return TrainingError(f"training diverged at step {step}: {what}. Try a lower learning rate than lr={lr:g} "
                          f"(e.g. lr={lr / 10:g}); no checkpoint was written from the diverged weights")
 
 
 def _check_window(run: _Run, lr: float) -> torch.Tensor:
-    """The pending losses on the CPU (one device sync); TrainingError naming the first non-finite one."""
-    values = torch.stack(run.window).float().cpu() if run.window else torch.zeros(0)
-    bad = (~torch.isfinite(values)).nonzero()
+    """The losses of the steps since the last log, averaged over the ranks, on the CPU (one device
+    sync, one all-reduce); TrainingError naming the first non-finite one."""
+    values = distributed.mean_over_ranks(torch.stack(run.window)).cpu() if run.window else torch.zeros(0)
+    bad = (~torch.isfinite(values.float())).nonzero()
     if len(bad):
         raise _diverged(run.step - len(values) + 1 + int(bad[0]), f"the loss is {values[bad[0]].item()}", lr)
     return values
 
 
-def _check_finite(run: _Run, lr: float) -> None:
-    """Before anything is written: the pending losses and all weights must be finite."""
-    _check_window(run, lr)
+def _check_finite(run: _Run, lr: float) -> torch.Tensor:
+    """Before anything is written: the pending losses (returned) and all weights must be finite."""
+    values = _check_window(run, lr)
     if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
         raise _diverged(run.step, "the weights are no longer finite", lr)
+    return values
 
 
 def _record(run: _Run, lr: float, bar) -> None:
     """Append the window's mean loss to the history; raise TrainingError at the first non-finite loss."""
-    values = _check_window(run, lr)
+    values = _check_window(run, lr).float()
     run.history["step"].append(run.step)
     run.history["loss"].append(values.mean().item())
     run.window = []
@@ -258,13 +234,16 @@ def _partial_schedule(checkpoint_every: int | None, steps: int):
     """due(step) -> bool: whether to write a resume checkpoint after `step`.
 
     An int: every that many steps (0: never). None: every 10% of the steps, at most once per
-    PARTIAL_MIN_SECONDS.
+    PARTIAL_MIN_SECONDS. Under DDP every rank gets rank 0's answer (the ranks check their losses
+    together before rank 0 writes).
     """
     every, gap = (max(1, steps // 10), PARTIAL_MIN_SECONDS) if checkpoint_every is None else (int(checkpoint_every), 0)
     last = [time.monotonic()]
 
     def due(step: int) -> bool:
-        if every <= 0 or step % every or step >= steps or time.monotonic() - last[0] < gap:
+        if every <= 0 or step % every or step >= steps:
+            return False
+        if not distributed.from_rank0(time.monotonic() - last[0] >= gap):
             return False
         last[0] = time.monotonic()
         return True
@@ -272,28 +251,29 @@ def _partial_schedule(checkpoint_every: int | None, steps: int):
     return due
 
 
-def _train(run: _Run, next_batch, path, s: dict, bar, save_partial) -> None:
+def _train(run: _Run, next_batch, loss_step, s: dict, bar, save_partial) -> None:
     """AdamW on objectives.loss from run.step to s["steps"]; EMA decay warms up as min(decay, (1+k)/(10+k)).
 
-    save_partial(run), when given, is called at the steps the schedule picks, after the checks.
+    Each step draws a global batch and its noise (u, eps) with the run's generators; loss_step
+    (train_step.LossStep) takes this rank's rows, runs forward and backward and returns the loss.
+    save_partial(run, window), when given (under DDP on every rank, writing on rank 0 only), is called at
+    the steps the schedule picks, after the checks.
     """
-    device = next(run.model.parameters()).device
     due = _partial_schedule(s["checkpoint_every"], s["steps"])
+    ema_update = train_step.ema_updater(run.ema, run.model)
     for step in range(run.step + 1, s["steps"] + 1):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            value = loss(run.model, next_batch(), path, s["target"], s["weighting"], s["t_min"],
-                         run.generators["noise"])
+        x0 = next_batch()
+        u, eps = draw_noise(x0, run.generators["noise"])
         run.optimizer.zero_grad(set_to_none=True)
-        value.backward()
+        value = loss_step(x0, u, eps)
         run.optimizer.step()
-        _ema_update(run.ema, run.model, min(s["ema_decay"], (1 + step) / (10 + step)))
+        ema_update(min(s["ema_decay"], (1 + step) / (10 + step)))
         run.step = step
-        run.window.append(value.detach())
+        run.window.append(value)
         if step % s["log_every"] == 0 or step == s["steps"]:
             _record(run, s["lr"], bar)
         if save_partial is not None and due(step):
-            _check_finite(run, s["lr"])
-            save_partial(run)
+            save_partial(run, _check_finite(run, s["lr"]))
     _check_finite(run, s["lr"])
 
 
@@ -306,9 +286,11 @@ def _reinitialise(model, seed: int) -> None:
 
 
 def _start(model, data, s: dict, seed: int, device):
-    """(run, next_batch) at step 0 from the model's current weights."""
+    """(run, next_batch) at step 0 from the model's current weights (channels_last on CUDA when convolutional)."""
+    train_step.to_channels_last(model, device)
     ema = copy.deepcopy(model.train()).requires_grad_(False)
-    next_batch, data_generator = _batches(data, s["batch_size"], device, next(model.parameters()).dtype, seed)
+    next_batch, data_generator = train_step.batches(data, s["batch_size"], device, next(model.parameters()).dtype,
+                                                    seed, s["steps"])
     noise_generator = torch.Generator(device=device).manual_seed(seed + 1)  # times and noise; data has `seed`
     optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], fused=device.type == "cuda" or None)
     return _Run(model, ema, optimizer, {"data": data_generator, "noise": noise_generator}), next_batch
@@ -326,6 +308,7 @@ def _resume(model, data, s: dict, seed: int, device, partial: FilePath | None, c
         if payload["config"] != config or not isinstance(resume, dict) or not 0 < resume.get("step", 0) < s["steps"]:
             raise CheckpointError("it holds a different run")
         run.restore(payload)
+        train_step.match_layouts(run.optimizer)
     except (CheckpointError, RuntimeError, KeyError, TypeError, ValueError) as err:
         warnings.warn(f"ignoring the resume checkpoint {partial} ({err}); training from the start", stacklevel=4)
         model.load_state_dict(initial)
@@ -334,7 +317,9 @@ def _resume(model, data, s: dict, seed: int, device, partial: FilePath | None, c
 
 
 def _run_training(model, data, path, s: dict, seed: int, device, config, file, desc: str, progress: bool):
-    """(run, resumed_from): train, from file's partial checkpoint when there is one; write file at the end."""
+    """(run, resumed_from): train, from file's partial checkpoint when there is one; write file at the end
+    (rank 0 only, under DDP; every rank reads the partial checkpoint)."""
+    writer = distributed.rank_and_world()[0] == 0
     partial = None if file is None else _partial_file(file)
     with torch.random.fork_rng(devices=[]):  # a model that draws from the global RNG draws the same numbers
         torch.default_generator.manual_seed(seed + 2)
@@ -343,16 +328,26 @@ def _run_training(model, data, path, s: dict, seed: int, device, config, file, d
         if resumed_from and progress:
             tqdm.write(f"{desc}: resuming from step {run.step} of {s['steps']} ({partial.name})", file=sys.stderr)
 
-        def save_partial(r: _Run) -> None:
-            write_atomically(checkpoint_payload(r.model, config, r.ema, r.history, resume=r.resume_state()), partial)
+        def save_partial(r: _Run, window: torch.Tensor) -> None:
+            if writer:
+                write_atomically(checkpoint_payload(r.model, config, r.ema, r.history, resume=r.resume_state(window)),
+                                 partial)
 
-        with tqdm(total=s["steps"], initial=run.step, disable=not progress, desc=desc) as bar:
-            _train(run, next_batch, path, s, bar, save_partial if partial is not None else None)
+        channels_last = train_step.to_channels_last(model, device)  # done by _start; says whether
+        loss_step = train_step.LossStep(distributed.wrap(model, device), model.parameters(), path, s, device,
+                                        train_step.compile_mode(s["compile"], device, s["steps"] - run.step),
+                                        channels_last)
+        with tqdm(total=s["steps"], initial=run.step, disable=not (progress and writer), desc=desc) as bar:
+            _train(run, next_batch, loss_step, s, bar, save_partial if partial is not None else None)
+    if channels_last:  # back to the usual layout for whoever uses the model next
+        for m in (model, run.ema):
+            m.to(memory_format=torch.contiguous_format)
     model.eval()
     run.ema.eval()
-    if file is not None:
+    if file is not None and writer:
         save_checkpoint(file, model, config, ema=run.ema, history=run.history)
         partial.unlink(missing_ok=True)
+    distributed.barrier()  # every rank returns once the checkpoint is written
     return run, resumed_from
 
 
@@ -362,7 +357,7 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
         seed: int = 0, batch_size: int | None = None, lr: float | None = None, ema_decay: float = 0.999,
         cache: bool = True, name: str | None = None, device=None, progress: bool = True,
         weighting=None, t_min: float = 1e-3, log_every: int | None = None, reinit: bool = True,
-        checkpoint_every: int | None = None) -> FitResult:
+        checkpoint_every: int | None = None, compile: bool | str | None = None) -> FitResult:
     """Train `model` to predict `target` on `data` along `path`; cached by the run's settings.
 
     data: a tensor [N, ...], an object with .sample(n, generator=...), or a callable data(n, generator).
@@ -370,9 +365,16 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
     gpu 20000 / 4096 / 1e-3). reinit: start from fresh weights drawn with `seed`, so that the settings
     determine the run (same seed, same weights on CPU); False continues from the current weights
     (their hash joins the cache key). Models without a `.config` are neither reinitialised nor cached.
-    device: default cuda when available (with bf16 autocast and fused AdamW), else cpu in float32.
+    device: default cuda when available, else cpu in float32. On CUDA: bf16 autocast, fused AdamW,
+    channels_last for convolutional models and the data on the device (a sampler is drawn once into
+    a pool of up to train_step.POOL_SAMPLES samples). compile: torch.compile the loss; None (auto):
+    with CUDA graphs ("reduce-overhead") for runs of train_step.COMPILE_MIN_STEPS steps or more on
+    one GPU, else not; True: the default mode; False: never; a string: that mode. If compiling
+    fails, fit warns and trains without it. Neither the device nor compile joins the cache key.
     checkpoint_every: steps between resume checkpoints of a cached run (0: none; default: every 10%
     of the steps, at most once per PARTIAL_MIN_SECONDS); a killed run called again resumes there.
+    Under torchrun (or an initialised torch.distributed) the W processes train one model with DDP:
+    batch_size is the global batch, split into W shards (see distributed.py); rank 0 writes the cache.
     Returns FitResult(model, ema, history, checkpoint, seconds, from_cache, config, resumed_from);
     both models in eval mode. Raises TrainingError (naming the step) when the loss becomes NaN or
     infinite; nothing is then written from the diverged weights.
@@ -383,14 +385,20 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
     steps, batch_size, lr, log_every = _settings(budget, steps, batch_size, lr, log_every)
     settings = dict(target=target, steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema_decay=ema_decay,
                     weighting=weighting, t_min=t_min, log_every=log_every)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = distributed.setup(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    world = distributed.rank_and_world()[1]
+    if batch_size % world:
+        nearest = batch_size // world * world or world
+        raise ValueError(f"batch_size={batch_size} must be a multiple of the {world} processes training together "
+                         f"(each takes an equal share of the global batch); try batch_size={nearest}")
+    train_step.compile_mode(compile, device, steps)  # a bad value fails before any work
     config = _run_config(model, data, path, settings, reinit) if hasattr(model, "config") else None
     if cache and config is None:
         warnings.warn(f"{type(model).__name__} has no .config, so fit cannot cache it", stacklevel=2)
     desc = name or type(model).__name__
     file = _cache_file(config, desc) if cache and config else None
     model.to(device)
-    s = {**settings, "checkpoint_every": checkpoint_every}
+    s = {**settings, "checkpoint_every": checkpoint_every, "compile": compile}
 
     def result(ema, history, from_cache, resumed_from=0):
         return FitResult(model, ema, history, file, time.perf_counter() - started, from_cache, config, resumed_from)
@@ -402,19 +410,32 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
         return result(run.ema, run.history, False)
     seen = _stamp(file)
     cached = _from_cache(file, model, config) if seen else None  # a finished entry needs no lock
-    if cached is not None:
+    if distributed.everyone(cached is not None):
         return result(*cached, True)
-    with exclusive_lock(file, desc if progress else None):
-        now = _stamp(file)
-        cached = _from_cache(file, model, config) if now and now != seen else None  # written while we waited
+    with distributed.on_rank0(exclusive_lock(file, desc if progress else None)):
+        cached = _written_meanwhile(file, model, config, seen)
         if cached is not None:
             return result(*cached, True)
-        remove_temporaries(file)
-        remove_temporaries(_partial_file(file))
+        if distributed.rank_and_world()[0] == 0:
+            remove_temporaries(file)
+            remove_temporaries(_partial_file(file))
         if reinit:
             _reinitialise(model, seed)
         run, resumed_from = _run_training(model, data, path, s, seed, device, config, file, desc, progress)
     return result(run.ema, run.history, False, resumed_from)
+
+
+def _written_meanwhile(file: FilePath, model, config: dict, seen):
+    """(ema, history) of the cache entry when another process wrote it while this one waited for the
+    lock, else None. Under DDP rank 0 (holding the lock) looks and the other ranks load what it found."""
+    rank, world = distributed.rank_and_world()
+    now = _stamp(file)
+    if world == 1:
+        return _from_cache(file, model, config) if now and now != seen else None
+    mine = _from_cache(file, model, config) if rank == 0 and now else None
+    if not distributed.from_rank0(mine is not None):
+        return None
+    return mine if rank == 0 else _from_cache(file, model, config)
 
 
 def _stamp(file: FilePath):

@@ -484,3 +484,28 @@ def test_two_processes_training_the_same_model_share_one_cache_entry(tmp_path):
     assert results[0]["checkpoint"] == results[1]["checkpoint"]
     assert os.listdir(cache) == [FilePath(results[0]["checkpoint"]).name]
     load_checkpoint(results[0]["checkpoint"], which="ema")
+
+
+# -- the hardware: compile choice, DDP settings ---------------------------------------------------------
+
+def test_compile_is_automatic_only_for_long_runs_on_one_gpu():
+    from diffusion_lessons.train_step import COMPILE_MIN_STEPS, compile_mode
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_mode(None, cpu, 10**6) is None and compile_mode(None, cuda, COMPILE_MIN_STEPS - 1) is None
+    assert compile_mode(None, cuda, COMPILE_MIN_STEPS) == "reduce-overhead"
+    assert compile_mode(True, cpu, 1) == "default" and compile_mode(False, cuda, 10**6) is None
+    assert compile_mode("max-autotune-no-cudagraphs", cpu, 1) == "max-autotune-no-cudagraphs"
+    with pytest.raises(ValueError, match="compile must be None .*'reduce-overhead'; got 3"):
+        fit(TimeMLP(2, hidden=16), _data(), make_path("vp"), compile=3, **SMALL)
+
+
+def test_the_noise_drawn_apart_gives_the_same_loss():
+    """objectives.draw_noise draws what loss() draws, in the same order: the trainer relies on it."""
+    from diffusion_lessons.objectives import draw_noise
+
+    model, x0, path = TimeMLP(2, hidden=16), _data(64), make_path("vp")
+    with torch.no_grad():
+        inside = loss(model, x0, path, "velocity", generator=torch.Generator().manual_seed(5))
+        apart = loss(model, x0, path, "velocity", noise=draw_noise(x0, torch.Generator().manual_seed(5)))
+    assert torch.equal(inside, apart)
