@@ -72,6 +72,17 @@ class FitResult:
     from_cache: bool
     config: dict | None  # the run's settings, as hashed for the cache key and stored in the checkpoint
     resumed_from: int = 0  # the step a killed run was resumed from (0: trained from the start)
+    clock: list | None = None  # [(step, seconds since the run started)] at each logged step; None from the cache
+
+    def steps_per_second(self, after: int = 0) -> float:
+        """Training speed between the first logged step >= `after` and the last one (after: skip warm-up
+        and compilation). Each logged step reads the loss back to the host, so on CUDA the clock is synced."""
+        points = [(k, t) for k, t in (self.clock or []) if k >= after]
+        if len(points) < 2:
+            raise ValueError(f"need two logged steps at or after step {after} to measure the speed; "
+                             f"got {len(points)} (use a smaller log_every or more steps)")
+        (k0, t0), (k1, t1) = points[0], points[-1]
+        return (k1 - k0) / (t1 - t0)
 
 
 def cache_dir() -> FilePath:
@@ -177,6 +188,7 @@ class _Run:
     step: int = 0
     history: dict = dataclasses.field(default_factory=lambda: {"step": [], "loss": []})
     window: list = dataclasses.field(default_factory=list)  # losses of the steps since the last log
+    clock: list = dataclasses.field(default_factory=list)  # (step, time.perf_counter()) at each log; not saved
 
     def resume_state(self, window: torch.Tensor) -> dict:
         """What a resume checkpoint holds besides the weights; window: the pending losses (_check_finite)."""
@@ -225,6 +237,7 @@ def _record(run: _Run, lr: float, bar) -> None:
     values = _check_window(run, lr).float()
     run.history["step"].append(run.step)
     run.history["loss"].append(values.mean().item())
+    run.clock.append((run.step, time.perf_counter()))  # after .item(): the device has finished the step
     run.window = []
     bar.update(run.step - bar.n)
     bar.set_postfix(loss=f"{run.history['loss'][-1]:.4f}")
@@ -400,14 +413,16 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
     model.to(device)
     s = {**settings, "checkpoint_every": checkpoint_every, "compile": compile}
 
-    def result(ema, history, from_cache, resumed_from=0):
-        return FitResult(model, ema, history, file, time.perf_counter() - started, from_cache, config, resumed_from)
+    def result(ema, history, from_cache, resumed_from=0, run=None):
+        clock = None if run is None else [(k, t - started) for k, t in run.clock]
+        return FitResult(model, ema, history, file, time.perf_counter() - started, from_cache, config, resumed_from,
+                         clock)
 
     if file is None:
         if reinit and config is not None:
             _reinitialise(model, seed)
         run, _ = _run_training(model, data, path, s, seed, device, config, None, desc, progress)
-        return result(run.ema, run.history, False)
+        return result(run.ema, run.history, False, run=run)
     seen = _stamp(file)
     cached = _from_cache(file, model, config) if seen else None  # a finished entry needs no lock
     if distributed.everyone(cached is not None):
@@ -422,7 +437,7 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
         if reinit:
             _reinitialise(model, seed)
         run, resumed_from = _run_training(model, data, path, s, seed, device, config, file, desc, progress)
-    return result(run.ema, run.history, False, resumed_from)
+    return result(run.ema, run.history, False, resumed_from, run)
 
 
 def _written_meanwhile(file: FilePath, model, config: dict, seen):

@@ -509,3 +509,21 @@ def test_the_noise_drawn_apart_gives_the_same_loss():
         inside = loss(model, x0, path, "velocity", generator=torch.Generator().manual_seed(5))
         apart = loss(model, x0, path, "velocity", noise=draw_noise(x0, torch.Generator().manual_seed(5)))
     assert torch.equal(inside, apart)
+
+
+def test_fit_reports_its_clock_at_each_logged_step(tmp_path, monkeypatch):
+    """FitResult.clock: one (step, seconds) per logged step, increasing, inside the call's wall time; the speed
+    between two logs is steps over seconds; a cached result has no clock and says so when asked for a speed."""
+    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(tmp_path))
+    kwargs = dict(steps=40, batch_size=64, log_every=10, progress=False)
+    r = fit(TimeMLP(2), gmm2(), make_path("vp"), **kwargs)
+    assert [k for k, _ in r.clock] == r.history["step"] == [10, 20, 30, 40]
+    times = [t for _, t in r.clock]
+    assert all(0 < a < b for a, b in zip(times, times[1:])) and times[-1] <= r.seconds
+    assert r.steps_per_second(after=20) == pytest.approx(20 / (times[3] - times[1]))
+    with pytest.raises(ValueError, match="two logged steps"):
+        r.steps_per_second(after=40)
+    cached = fit(TimeMLP(2), gmm2(), make_path("vp"), **kwargs)
+    assert cached.from_cache and cached.clock is None
+    with pytest.raises(ValueError, match="two logged steps"):
+        cached.steps_per_second()
