@@ -3,12 +3,16 @@
     diffusion-lessons train --data moons --target eps --steps 2000 [--path vp] [--seed 0]
                             [--budget laptop] [--checkpoint-every 500] [--out model.pt]
     diffusion-lessons sample model.pt --n 2000 --out samples.png [--steps 100] [--method heun] [--seed 0]
+    diffusion-lessons pretrain [--budget smoke|laptop|gpu] [--only NAME ...] [--list]
+    diffusion-lessons bench [ARGS ...]
 
 `train` fits a TimeMLP with `training.fit` (so the checkpoint lands in the cache and a second run
 is instant; an interrupted run, started again, resumes from its last resume checkpoint) and prints
 where the checkpoint is. `sample` rebuilds the model from the checkpoint, turns its prediction into
 the PF-ODE velocity u = alpha' x0_hat + sigma' eps_hat with `paths.convert`, and integrates
-dx/dt = u from noise to data (Heun's method unless --method says otherwise).
+dx/dt = u from noise to data (Heun's method unless --method says otherwise). `pretrain` trains every
+chapter's models (recipes.py) into the cache and prints a summary table (pretrain.py); `bench` hands
+its arguments to diffusion_lessons.bench.
 
 Every error the user can cause (an unknown name, a bad number, a missing or damaged file) ends the
 program with one line on stderr, naming the bad value and the valid ones, and a non-zero status.
@@ -83,7 +87,37 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--weights", choices=("ema", "model"), default="ema",
                         help="the EMA weights (default) or the last training weights")
     sample.set_defaults(run=_sample)
+    pretrain = commands.add_parser("pretrain", help="train every chapter's models into the cache, then print a summary")
+    pretrain.add_argument("--budget", help="smoke, laptop or gpu (default: $DIFFUSION_LESSONS_BUDGET, else by device)")
+    pretrain.add_argument("--only", nargs="+", metavar="NAME", help="train these recipes only (see --list)")
+    pretrain.add_argument("--list", action="store_true", help="list the recipes and exit")
+    pretrain.set_defaults(run=_pretrain)
+    commands.add_parser("bench", help="run the benchmarks (all arguments go to diffusion_lessons.bench)", add_help=False)
     return parser
+
+
+def _pretrain(args) -> int:
+    from . import pretrain  # the recipes build data sets: import them only when asked
+
+    if args.list:
+        print(pretrain.list_recipes())
+        return 0
+    rows = pretrain.pretrain(args.only, budget=args.budget)
+    print(pretrain.format_table(rows))
+    return 1 if any(row.source == "failed" for row in rows) else 0
+
+
+def _bench(argv: list[str]) -> int:
+    import importlib
+
+    try:
+        bench = importlib.import_module(f"{__package__}.bench")
+    except ModuleNotFoundError as err:
+        if err.name != f"{__package__}.bench":
+            raise
+        print(f"{PROG}: error: the benchmarks are not installed here (no module {err.name})", file=sys.stderr)
+        return 1
+    return bench.main(argv)
 
 
 def _train(args) -> int:
@@ -158,6 +192,9 @@ def _write_samples(samples: np.ndarray, out: FilePath, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (errors: one line on stderr, status 2 or 1)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # everything after it belongs to the benchmarks' own parser
+        return _bench(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return args.run(args)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["digits", "procedural_images", "load_mnist", "image_data", "IMAGE_DATASETS", "DIGIT_SIZES"]
+__all__ = ["digits", "procedural_images", "PROCEDURAL_FAMILIES", "load_mnist", "image_data", "IMAGE_DATASETS", "DIGIT_SIZES"]
 
 DIGIT_SIZES = (8, 16, 32)
 
@@ -49,30 +49,86 @@ def digits(size: int = 8, return_labels: bool = False, dtype=torch.float32):
     return x
 
 
-def procedural_images(n: int, size: int = 16, generator: torch.Generator | None = None,
-                      return_factors: bool = False, dtype=torch.float32):
-    """n images of one Gaussian blob on a dark background, with exactly 3 factors of variation.
+PROCEDURAL_FAMILIES = ("blob", "ring", "square", "bar")
 
-        image(i, j) = 2 exp(-((i - r)^2 + (j - c)^2) / (2 w^2)) - 1   in [-1, 1],
+
+def _family_images(family: str, grid: torch.Tensor, centre: torch.Tensor, u: torch.Tensor, size: int):
+    """Images [n, size, size] in [-1, 1] of one family, and its third factor [n] (in pixels or radians).
+
+    blob:   2 exp(-d^2 / (2 w^2)) - 1, width w in [size/16, size/8];
+    ring:   2 exp(-(d - rho)^2 / (2 tau^2)) - 1, radius rho in [size/8, size/4], tau = size/24;
+    square: 2 sigmoid((h - max(|i - r|, |j - c|)) / s) - 1, half-side h in [size/8, size/5], s = size/64;
+    bar:    2 exp(-d_seg^2 / (2 tau^2)) - 1, a segment of half-length size/5 at angle theta in [0, pi).
+    d is the distance to the centre (r, c); d_seg the distance to the segment.
+    """
+    di = grid[None, :, None] - centre[:, 0, None, None]  # row offsets [n, size, 1]
+    dj = grid[None, None, :] - centre[:, 1, None, None]  # column offsets [n, 1, size]
+    if family == "blob":
+        factor = size / 16 + u * (size / 16)
+        return 2 * torch.exp(-(di**2 + dj**2) / (2 * factor[:, None, None] ** 2)) - 1, factor
+    if family == "ring":
+        factor, tau = size / 8 + u * (size / 8), size / 24
+        d = (di**2 + dj**2).sqrt()
+        return 2 * torch.exp(-((d - factor[:, None, None]) ** 2) / (2 * tau**2)) - 1, factor
+    if family == "square":
+        factor, soft = size / 8 + u * (size / 5 - size / 8), size / 64
+        return 2 * torch.sigmoid((factor[:, None, None] - torch.maximum(di.abs(), dj.abs())) / soft) - 1, factor
+    if family == "bar":
+        factor, tau, half = u * math.pi, size / 24, size / 5
+        along = di * torch.sin(factor)[:, None, None] + dj * torch.cos(factor)[:, None, None]
+        across = -di * torch.cos(factor)[:, None, None] + dj * torch.sin(factor)[:, None, None]
+        beyond = (along.abs() - half).clamp_min(0)
+        return 2 * torch.exp(-(across**2 + beyond**2) / (2 * tau**2)) - 1, factor
+    raise ValueError(f"unknown procedural family {family!r}; valid families: {', '.join(PROCEDURAL_FAMILIES)}")
+
+
+def procedural_images(n: int, size: int = 16, generator: torch.Generator | None = None,
+                      return_factors: bool = False, dtype=torch.float32, families=("blob",),
+                      return_labels: bool = False):
+    """n procedural images on a dark background in [-1, 1], each with exactly 3 factors of variation.
+
+    The default family, "blob", is one Gaussian blob:
+
+        image(i, j) = 2 exp(-((i - r)^2 + (j - c)^2) / (2 w^2)) - 1,
 
     with the centre (r, c) uniform in [size/4, 3 size/4]^2 (2 factors) and the width w uniform in
     [size/16, size/8] pixels (1 factor): a 3-dimensional manifold in R^(size^2), useful whenever a
     chapter needs image data of known intrinsic dimension. size: any integer >= 8.
-    Returns x [n, 1, size, size], and the factors [n, 3] = (r, c, w) in pixels when return_factors.
+
+    families: any of PROCEDURAL_FAMILIES ("blob", "ring", "square", "bar"; see _family_images); with
+    more than one, each image's family is drawn uniformly and is its label (the index in `families`),
+    which gives a classifier something to learn (metrics.train_procedural_classifier). The draws for
+    the default ("blob",) are those of the blob-only set, so its images do not depend on this option.
+    Returns x [n, 1, size, size]; then the factors [n, 3] = (r, c, third factor) when return_factors;
+    then the labels [n] (int64) when return_labels.
     """
     if int(n) <= 0:
         raise ValueError(f"n must be positive; got {n}")
     if int(size) != size or size < 8:
         raise ValueError(f"procedural_images: size must be an integer >= 8; got {size!r}")
+    families = (families,) if isinstance(families, str) else tuple(families)
+    unknown = [f for f in families if f not in PROCEDURAL_FAMILIES]
+    if not families or unknown:
+        raise ValueError(f"unknown procedural families {unknown or families!r}; valid families: "
+                         f"{', '.join(PROCEDURAL_FAMILIES)}")
     u = torch.rand(int(n), 3, generator=generator, dtype=torch.float64)
+    labels = (torch.randint(len(families), (int(n),), generator=generator) if len(families) > 1
+              else torch.zeros(int(n), dtype=torch.int64))
     centre = size / 4 + u[:, :2] * (size / 2)
-    width = size / 16 + u[:, 2] * (size / 16)
     grid = torch.arange(size, dtype=torch.float64)
-    d2 = (grid[None, :, None] - centre[:, 0, None, None]) ** 2 + (grid[None, None, :] - centre[:, 1, None, None]) ** 2
-    x = (2 * torch.exp(-d2 / (2 * width[:, None, None] ** 2)) - 1)[:, None].to(dtype)
+    x = torch.empty(int(n), 1, size, size, dtype=dtype)
+    factor = torch.empty(int(n), dtype=torch.float64)
+    for k, family in enumerate(families):
+        rows = (labels == k).nonzero().squeeze(1)
+        for chunk in rows.split(8192):  # bounded memory for large sets, same numbers
+            images, factor[chunk] = _family_images(family, grid, centre[chunk], u[chunk, 2], size)
+            x[chunk, 0] = images.to(dtype)
+    out = (x,)
     if return_factors:
-        return x, torch.cat([centre, width[:, None]], 1).to(dtype)
-    return x
+        out += (torch.cat([centre, factor[:, None]], 1).to(dtype),)
+    if return_labels:
+        out += (labels,)
+    return out[0] if len(out) == 1 else out
 
 
 # -- MNIST-format (idx) files on disk ------------------------------------------------------------------

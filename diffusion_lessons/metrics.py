@@ -1,5 +1,6 @@
 """Sample-quality measures with known answers: moments, Wasserstein-2 (sliced and exact), MMD,
-nearest-neighbour distances, and a classifier-based Fréchet distance for digit images.
+nearest-neighbour distances, and a classifier-based Fréchet distance for digit and procedural images
+(small classifiers the package trains itself: no downloaded weights).
 
 All take torch tensors of samples [N, ...] (flattened to [N, D]) and return Python floats unless
 said otherwise. Each is checked in tests/test_metrics.py against a case whose answer is exact.
@@ -23,6 +24,8 @@ __all__ = [
     "gaussian_frechet_distance",
     "DigitClassifier",
     "train_digit_classifier",
+    "train_image_classifier",
+    "train_procedural_classifier",
     "classifier_frechet_distance",
 ]
 
@@ -197,21 +200,24 @@ def frechet_distance(features_x: torch.Tensor, features_y: torch.Tensor) -> floa
     return gaussian_frechet_distance(x.mean(0), cov(x), y.mean(0), cov(y))
 
 
-# -- a small digit classifier, for a Fréchet distance on digit images ------------------------------------
+# -- a small image classifier, for a Fréchet distance on digit and procedural images ---------------------
 class DigitClassifier(nn.Module):
-    """A small CNN for [N, 1, s, s] digit images in [-1, 1], any s >= 8: images are first averaged down
-    to 8 x 8 (the digits' native resolution, so nothing is lost and the cost does not grow with s),
-    then two 3x3 convolutions, a 64-unit hidden layer (the features) and 10 logits."""
+    """A small CNN for [N, 1, s, s] images in [-1, 1], any s >= pool: images are first averaged down to
+    pool x pool (8 for the digits, their native resolution, so nothing is lost and the cost does not
+    grow with s), then two 3x3 convolutions, a `features`-unit hidden layer (the embedding of the
+    Fréchet distance) and `num_classes` logits. The defaults are the digits' (8 x 8, 10 classes)."""
 
-    def __init__(self, width: int = 32, features: int = 64):
+    def __init__(self, width: int = 32, features: int = 64, num_classes: int = 10, pool: int = 8):
         super().__init__()
+        if pool < 2 or pool % 2:
+            raise ValueError(f"pool must be an even integer >= 2; got {pool}")
         self.body = nn.Sequential(
-            nn.AdaptiveAvgPool2d(8),
+            nn.AdaptiveAvgPool2d(pool),
             nn.Conv2d(1, width, 3, padding=1), nn.SiLU(),
             nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.SiLU(),
-            nn.Flatten(), nn.Linear(2 * width * 16, features), nn.SiLU(),
+            nn.Flatten(), nn.Linear(2 * width * (pool // 2) ** 2, features), nn.SiLU(),
         )
-        self.head = nn.Linear(features, 10)
+        self.head = nn.Linear(features, num_classes)
         self.test_accuracy: float | None = None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,6 +226,62 @@ class DigitClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))
+
+
+def _load_classifier(file, model: DigitClassifier, verbose: bool) -> DigitClassifier | None:
+    """The cached classifier in `file` loaded into `model`, or None (absent, corrupt or foreign)."""
+    if not file.is_file():
+        return None
+    try:
+        saved = torch.load(file, map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["state_dict"])
+        model.test_accuracy = float(saved["test_accuracy"])
+        return model.eval()
+    except Exception as err:  # a corrupt or foreign file: retrain and overwrite it
+        if verbose:
+            print(f"ignoring unreadable classifier cache {file}: {err}")
+        return None
+
+
+def train_image_classifier(x: torch.Tensor, y: torch.Tensor, file=None, epochs: int = 20, seed: int = 0,
+                           verbose: bool = False, **classifier_args) -> DigitClassifier:
+    """Train a DigitClassifier(**classifier_args) on images x [N, 1, s, s] with labels y [N] (int64).
+
+    85 % of the images train it (Adam, lr 3e-3, batch 128, cosine learning-rate decay, `epochs`
+    passes), the other 15 % (a permutation drawn with `seed`) measure `test_accuracy`. file: a cache
+    file (atomic write, weights_only load) read instead of training when it holds a valid model.
+    Returns the model in eval mode, on the CPU.
+    """
+    if file is not None:
+        cached = _load_classifier(file, DigitClassifier(**classifier_args), verbose)
+        if cached is not None:
+            return cached
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(x.shape[0], generator=gen)
+    n_test = x.shape[0] * 15 // 100
+    test, train = order[:n_test], order[n_test:]
+    torch.manual_seed(seed)
+    model = DigitClassifier(**classifier_args)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(train) / 128))
+    for epoch in range(epochs):
+        model.train()
+        for batch in train[torch.randperm(len(train), generator=gen)].split(128):
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    with torch.no_grad():
+        model.test_accuracy = float((model(x[test]).argmax(1) == y[test]).double().mean())
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save({"state_dict": model.state_dict(), "test_accuracy": model.test_accuracy}, tmp)
+        os.replace(tmp, file)
+    return model
 
 
 def train_digit_classifier(size: int = 16, epochs: int = 20, seed: int = 0, cache: bool = True,
@@ -234,52 +296,47 @@ def train_digit_classifier(size: int = 16, epochs: int = 20, seed: int = 0, cach
     from .datasets import digits
     from .training import cache_dir
 
-    file = cache_dir() / f"digit_classifier-s{size}-e{epochs}-seed{seed}.pt"
-    model = DigitClassifier()
-    if cache and file.is_file():
-        try:
-            saved = torch.load(file, map_location="cpu", weights_only=True)
-            model.load_state_dict(saved["state_dict"])
-            model.test_accuracy = float(saved["test_accuracy"])
-            return model.eval()
-        except Exception as err:  # a corrupt or foreign file: retrain and overwrite it
-            if verbose:
-                print(f"ignoring unreadable classifier cache {file}: {err}")
+    file = cache_dir() / f"digit_classifier-s{size}-e{epochs}-seed{seed}.pt" if cache else None
     x, y = digits(size, return_labels=True)
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(x.shape[0], generator=gen)
-    n_test = x.shape[0] * 15 // 100
-    test, train = order[:n_test], order[n_test:]
-    torch.manual_seed(seed)
-    model = DigitClassifier()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(train) / 128))
-    for epoch in range(epochs):
-        model.train()
-        for batch in train[torch.randperm(len(train), generator=gen)].split(128):
-            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    with torch.no_grad():
-        model.test_accuracy = float((model(x[test]).argmax(1) == y[test]).double().mean())
+    model = train_image_classifier(x, y, file, epochs=epochs, seed=seed, verbose=verbose)
     if verbose:
         print(f"digit classifier ({size}x{size}): held-out accuracy {model.test_accuracy:.3f}")
-    if cache:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save({"state_dict": model.state_dict(), "test_accuracy": model.test_accuracy}, tmp)
-        os.replace(tmp, file)
+    return model
+
+
+def train_procedural_classifier(size: int = 32, families=None, n: int = 4000, epochs: int = 5, seed: int = 0,
+                                cache: bool = True, verbose: bool = False) -> DigitClassifier:
+    """Train (or load) a DigitClassifier that tells the families of datasets.procedural_images apart.
+
+    n images of `size` (drawn with `seed` + 1000, so apart from any set drawn with a small seed), labels
+    the family (default: all of datasets.PROCEDURAL_FAMILIES); images are pooled to min(size, 16).
+    Near-perfect accuracy is expected: its penultimate features are the embedding of
+    classifier_frechet_distance for procedural images. Cached like train_digit_classifier, as
+    procedural_classifier-s{size}-f{families}-n{n}-e{epochs}-seed{seed}.pt.
+    """
+    from .datasets import PROCEDURAL_FAMILIES, procedural_images
+    from .training import cache_dir
+
+    families = tuple(PROCEDURAL_FAMILIES if families is None else families)
+    if len(families) < 2:
+        raise ValueError(f"a classifier needs at least two families to tell apart; got {families}")
+    tag = "-".join(families)
+    file = cache_dir() / f"procedural_classifier-s{size}-f{tag}-n{n}-e{epochs}-seed{seed}.pt" if cache else None
+    x, y = procedural_images(n, size=size, families=families, return_labels=True,
+                             generator=torch.Generator().manual_seed(seed + 1000))
+    model = train_image_classifier(x, y, file, epochs=epochs, seed=seed, verbose=verbose,
+                                   num_classes=len(families), pool=min(size, 16))
+    if verbose:
+        print(f"procedural classifier ({size}x{size}, {len(families)} families): "
+              f"held-out accuracy {model.test_accuracy:.3f}")
     return model
 
 
 @torch.no_grad()
 def classifier_frechet_distance(samples: torch.Tensor, data: torch.Tensor, classifier: DigitClassifier) -> float:
     """Squared Fréchet distance between the classifier's penultimate features of samples and data
-    ([N, 1, s, s] images in [-1, 1]); an FID-like score for digits (0 for identical feature moments)."""
+    ([N, 1, s, s] images in [-1, 1]); an FID-like score for digit or procedural images (0 for identical
+    feature moments). Two independent sets of real images of the same sizes give its noise floor."""
     classifier = classifier.eval()
     device = next(classifier.parameters()).device
     feats = [torch.cat([classifier.features(b.to(device, torch.float32)) for b in x.split(512)])

@@ -195,3 +195,55 @@ def test_an_interrupted_train_command_resumes_when_run_again(capsys, monkeypatch
     out = capsys.readouterr().out
     assert "resumed from step 20, trained in" in out
     assert [f.suffixes for f in (FilePath(_checkpoint_line(out)).parent).iterdir()] == [[".pt"]]
+
+
+# -- pretrain and bench ----------------------------------------------------------------------------------
+
+def test_pretrain_list_names_every_recipe(capsys):
+    from diffusion_lessons import recipes
+
+    assert main(["pretrain", "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == recipes.names()
+    assert {"digits32-unet", "procedural-unet"} <= set(recipes.names())
+
+
+def test_pretrain_trains_a_recipe_then_finds_it_in_the_cache(tmp_path, capsys):
+    argv = ["pretrain", "--only", "ch07-free", "--budget", "smoke"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["recipe", "device", "steps"] and len(out) == 3, out
+    name, device, steps, seconds, loss, *quality, source = out[2].split()
+    assert (name, device, steps, source) == ("ch07-free", "cpu", "200", "trained")
+    assert float(seconds) > 0 and 0 < float(loss) < 10 and quality[0] == "SW2" and "floor" in quality[2]
+    assert len(list((tmp_path / "cache").glob("ch07-free-*.pt"))) == 1
+    assert main(argv) == 0  # the second time it comes from the cache, with the same quality
+    again = capsys.readouterr().out.splitlines()[2].split()
+    assert again[-1] == "cache" and again[5:-1] == quality and again[4] == loss
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--only", "ch04-velocity", "nope"], "unknown recipe 'nope'; valid recipes: ch02-eps-gmm2, "),
+    (["pretrain", "--budget", "huge"], "unknown budget 'huge'; valid budgets: smoke, laptop, gpu"),
+])
+def test_pretrain_bad_names_give_one_line_and_a_nonzero_status(tmp_path, capsys, argv, message):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and captured.err.startswith("diffusion-lessons: error: ")
+    assert message in captured.err and ("procedural-unet" in captured.err or "budget" in message)
+    assert captured.out == "" and not (tmp_path / "cache").exists()  # nothing trained
+
+
+def test_bench_hands_every_argument_to_the_benchmarks(monkeypatch, capsys):
+    import types
+
+    seen = []
+    fake = types.ModuleType("diffusion_lessons.bench")
+    fake.main = lambda argv: seen.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "diffusion_lessons.bench", fake)
+    assert main(["bench", "--quick", "--only", "train", "--help"]) == 7
+    assert seen == [["--quick", "--only", "train", "--help"]]
+    monkeypatch.setitem(sys.modules, "diffusion_lessons.bench", None)  # as if the module were missing
+    assert main(["bench"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("diffusion-lessons: error: ") and "bench" in err

@@ -126,3 +126,31 @@ def test_load_mnist_errors_speak_to_the_reader(mnist_dir, tmp_path):
     _write_idx(bad / "train-labels-idx1-ubyte", labels[:3])
     with pytest.raises(ValueError, match="labels"):
         load_mnist(bad, return_labels=True)
+
+
+def test_procedural_families_are_labelled_and_leave_the_blob_set_unchanged():
+    from diffusion_lessons.datasets import PROCEDURAL_FAMILIES
+
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    blobs, factors = procedural_images(300, size=16, generator=gen(), return_factors=True)
+    # the default family is the blob set, draw for draw, with labels 0 on request
+    same, same_factors, labels = procedural_images(300, size=16, generator=gen(), return_factors=True,
+                                                   return_labels=True, families=("blob",))
+    assert torch.equal(same, blobs) and torch.equal(same_factors, factors) and not labels.any()
+    assert torch.equal(procedural_images(300, size=16, generator=gen(), families="blob"), blobs)
+    # four families: each image's label is its family; images stay in [-1, 1]
+    x, f, y = procedural_images(400, size=32, generator=gen(), families=PROCEDURAL_FAMILIES,
+                                return_factors=True, return_labels=True)
+    assert x.shape == (400, 1, 32, 32) and f.shape == (400, 3) and y.dtype == torch.int64
+    assert sorted(y.unique().tolist()) == [0, 1, 2, 3] and min(torch.bincount(y).tolist()) > 60
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+    bright = (x > 0).flatten(1).sum(1).double()  # pixels above mid-grey, per family
+    area = {fam: bright[y == k].mean().item() for k, fam in enumerate(PROCEDURAL_FAMILIES)}
+    assert min(area["square"], area["ring"]) > max(area["bar"], area["blob"]), area
+    # a ring is dark at its centre, a square bright there
+    centre = x[torch.arange(400), 0, f[:, 0].round().long(), f[:, 1].round().long()]
+    assert (centre[y == 1] < 0).all() and (centre[y == 2] > 0.9).all()
+    again = procedural_images(400, size=32, generator=gen(), families=PROCEDURAL_FAMILIES)
+    assert torch.equal(again, x)
+    with pytest.raises(ValueError, match="valid families: blob, ring, square, bar"):
+        procedural_images(10, families=("blob", "star"))

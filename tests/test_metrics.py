@@ -174,3 +174,34 @@ def test_digit_classifier_trains_caches_and_separates_digits_from_noise(tmp_path
     small.write_bytes(b"not a checkpoint")
     assert train_digit_classifier(size=8, epochs=1).test_accuracy > 0.3
     assert torch.load(small, weights_only=True)["test_accuracy"] > 0.3
+
+
+def test_classifiers_for_32x32_digits_and_procedural_images(tmp_path, monkeypatch, one_thread):
+    """No downloaded weights: a 32x32 digit classifier and a procedural-family one, each trained here;
+    the Fréchet distance between two real sets is far below that to noise or to a wrong family mix."""
+    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(tmp_path))
+    from diffusion_lessons.datasets import PROCEDURAL_FAMILIES, digits, procedural_images
+    from diffusion_lessons.metrics import train_procedural_classifier
+
+    clf = train_digit_classifier(size=32, epochs=8)
+    assert clf.test_accuracy > 0.9
+    x = digits(32)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    real, held = x[perm[300:900]], x[perm[:300]]
+    noise = torch.rand(600, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert classifier_frechet_distance(real, held, clf) < classifier_frechet_distance(noise, held, clf) / 10
+
+    proc = train_procedural_classifier(size=32)
+    assert proc.test_accuracy > 0.97 and proc.head.out_features == len(PROCEDURAL_FAMILIES)
+    assert len(list(tmp_path.glob("procedural_classifier-s32-*.pt"))) == 1
+    again = train_procedural_classifier(size=32)  # from the cache
+    draw = lambda n, seed, fams=PROCEDURAL_FAMILIES: procedural_images(  # noqa: E731
+        n, size=32, families=fams, generator=torch.Generator().manual_seed(seed))
+    a, b = draw(500, 1), draw(500, 2)
+    with torch.no_grad():
+        assert torch.equal(proc(a[:20]), again(a[:20]))
+    floor = classifier_frechet_distance(a, b, proc)
+    assert 10 * floor < classifier_frechet_distance(draw(500, 3, ("blob", "ring")), b, proc)
+    assert 10 * floor < classifier_frechet_distance(torch.rand_like(a) * 2 - 1, b, proc)
+    with pytest.raises(ValueError, match="at least two families"):
+        train_procedural_classifier(size=32, families=("blob",))
