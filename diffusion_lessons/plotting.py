@@ -386,14 +386,24 @@ def animate_densities(dist, path, times: Sequence[float], extent=(-4, 4, -4, 4),
     return _animation(fig, update, len(times), interval)
 
 
+def _ellipse(mean, cov, n_std: float = 2.0, n: int = 100) -> np.ndarray:
+    """Points [n, 2] on the n_std-standard-deviation ellipse of N(mean, cov) in 2-D."""
+    w, v = np.linalg.eigh(_numpy(cov))
+    angle = np.linspace(0, 2 * np.pi, n)
+    circle = np.stack([np.cos(angle), np.sin(angle)], 1)
+    return _numpy(mean) + n_std * (circle * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
 def animate_particles(trajectory, times: Sequence[float] | None = None, n_show: int = 300, extent=None,
-                      reference=None, show_paths: bool = False, max_frames: int = MAX_FRAMES, figsize=(3.6, 3.2),
-                      dpi: int = 70, interval: int = 120):
+                      reference=None, show_paths: bool = False, gaussians=None, max_frames: int = MAX_FRAMES,
+                      figsize=(3.6, 3.2), dpi: int = 70, interval: int = 120):
     """An animation of particles moving along a trajectory [T, N, 2] (as returned by the samplers).
 
     times: the T times of the trajectory (titles "t = 0.30"; default: the step number); reference: optional
     [M, 2] points drawn in grey underneath (e.g. the data); show_paths: draw each particle's whole path as a
-    faint line (about 1.5x the bytes per frame: keep n_show near 100 then). Long trajectories are thinned
+    faint line (about 1.5x the bytes per frame: keep n_show near 100 then); gaussians: optional T pairs
+    (mean [2], cov [2, 2]), one per trajectory step, drawn as the 2-sigma ellipse of that law on its frame
+    (e.g. the exact law of x_t, chapter 6). Long trajectories are thinned
     to max_frames evenly spaced frames (first and last kept). Returns a matplotlib FuncAnimation; show it
     with `animation_html`.
     """
@@ -402,6 +412,8 @@ def animate_particles(trajectory, times: Sequence[float] | None = None, n_show: 
         raise ValueError(f"animate_particles expects a trajectory [T, N, 2]; got {list(traj.shape)}")
     if times is not None and len(times) != traj.shape[0]:
         raise ValueError(f"times needs one entry per trajectory step ({traj.shape[0]}); got {len(times)}")
+    if gaussians is not None and len(gaussians) != traj.shape[0]:
+        raise ValueError(f"gaussians needs one (mean, cov) per trajectory step ({traj.shape[0]}); got {len(gaussians)}")
     frames = _frame_indices(traj.shape[0], min(max_frames, MAX_FRAMES))
     traj = traj[:, :n_show]
     if extent is None:
@@ -421,10 +433,14 @@ def animate_particles(trajectory, times: Sequence[float] | None = None, n_show: 
             lines = LineCollection(traj.transpose(1, 0, 2), colors=COLORS["samples"], linewidths=0.5, alpha=0.15)
             ax.add_collection(lines)
         dots = ax.scatter(traj[0, :, 0], traj[0, :, 1], s=6, c=COLORS["curve"], linewidths=0, zorder=3)
+        if gaussians is not None:
+            (ring,) = ax.plot(*_ellipse(*gaussians[0]).T, color=COLORS["samples"], lw=1.2, zorder=4)
         ax.set(xlim=extent[:2], ylim=extent[2:], aspect="equal", title=title(0))
 
     def update(i):
         dots.set_offsets(traj[frames[i]])
+        if gaussians is not None:
+            ring.set_data(*_ellipse(*gaussians[frames[i]]).T)
         ax.set_title(title(frames[i]))
 
     return _animation(fig, update, len(frames), interval)

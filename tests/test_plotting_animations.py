@@ -74,3 +74,24 @@ def test_animate_particles_rejects_bad_input():
         dl.animate_particles(torch.zeros(10, 2))
     with pytest.raises(ValueError, match="one entry per trajectory step"):
         dl.animate_particles(torch.zeros(10, 5, 2), times=[0.0, 1.0])
+
+
+def test_particles_with_their_exact_gaussian_law_fit_in_a_page():
+    """Chapter 6's animation: the closed-form PF-ODE trajectory of GAUSS2 with the 2-sigma ellipse of the exact
+    law of x_t on every frame. Every frame is embedded, and the page stays small."""
+    from diffusion_lessons.closed_form import gaussian_pf_ode
+    g, path = dl.gauss2(), dl.VP()
+    times = torch.linspace(1.0, 0.0, 12, dtype=torch.float64)
+    x_T = torch.randn(100, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    traj = gaussian_pf_ode(g, path, x_T, 1.0, times)
+    laws = [(g.noised(path, float(t)).mean(), g.noised(path, float(t)).covariance()) for t in times]
+    html = dl.animation_html(dl.animate_particles(traj, times.tolist(), gaussians=laws, reference=g.sample(200)))
+    assert "<script" in html and html.count("data:image/png") == 12
+    assert len(html) < 2_000_000
+    # the ellipse at t = 0 is the data law's: its points satisfy (x - mu)^T Sigma^-1 (x - mu) = 4
+    ring = torch.as_tensor(plotting._ellipse(*laws[-1]))
+    d = ring - g.mean().double()
+    quad = (d @ torch.linalg.inv(g.covariance().double()) * d).sum(1)
+    assert torch.allclose(quad, torch.full((len(d),), 4.0, dtype=torch.float64), atol=1e-5)  # gauss2 is float32
+    with pytest.raises(ValueError, match="one \\(mean, cov\\) per trajectory step"):
+        dl.animate_particles(traj, times.tolist(), gaussians=laws[:-1])
