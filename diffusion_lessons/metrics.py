@@ -8,8 +8,6 @@ said otherwise. Each is checked in tests/test_metrics.py against a case whose an
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 
 import torch
 from torch import nn
@@ -276,11 +274,8 @@ def train_image_classifier(x: torch.Tensor, y: torch.Tensor, file=None, epochs: 
     with torch.no_grad():
         model.test_accuracy = float((model(x[test]).argmax(1) == y[test]).double().mean())
     if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save({"state_dict": model.state_dict(), "test_accuracy": model.test_accuracy}, tmp)
-        os.replace(tmp, file)
+        from .checkpoints import write_atomically
+        write_atomically({"state_dict": model.state_dict(), "test_accuracy": model.test_accuracy}, file)
     return model
 
 

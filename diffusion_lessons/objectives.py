@@ -40,9 +40,9 @@ def draw(x0: torch.Tensor, path: Path, t_min: float = 1e-3, generator: torch.Gen
     """
     if not 0 <= t_min < 1:
         raise ValueError(f"t_min must lie in [0, 1); got {t_min}")
-    u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=x0.device) if noise is None else noise[0]
+    u, eps = draw_noise(x0, generator) if noise is None else noise
     t = (t_min + (1 - t_min) * u).clamp(max=1 - torch.finfo(x0.dtype).eps)
-    x_t, eps = path.sample(x0, t, eps=None if noise is None else noise[1], generator=generator)
+    x_t, eps = path.sample(x0, t, eps=eps)
     return t, eps, x_t
 
 

@@ -18,9 +18,9 @@ def pytest_collection_finish(session):
         )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def float64_default():
-    """Checks against float64 references: float64 as the default dtype, restored afterwards.
+    """Checks against float64 references: float64 as the default dtype for the module, restored afterwards.
     Use with `pytestmark = pytest.mark.usefixtures("float64_default")`."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -28,10 +28,18 @@ def float64_default():
     torch.set_default_dtype(old)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """Many tiny tensor ops: on a shared 2-core machine a second intra-op thread only slows them down."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Every test leaves no matplotlib figure open (only where pyplot was imported at all)."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")

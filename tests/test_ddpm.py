@@ -19,13 +19,8 @@ from reference import vp_alpha_sigma
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The samplers here work on [5000, 2] tensors, too small for threads to pay for their synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
 
 
 def _np_alpha_bar(n=1000, start=1e-4, end=0.02):

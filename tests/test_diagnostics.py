@@ -12,16 +12,8 @@ from diffusion_lessons import diagnostics as dg
 from reference import GMM2, gmm_logpdf_score, gmm_t, vp_alpha_sigma
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    """These checks compare with float64 references; restore the default dtype afterwards. Small fields:
-    one thread avoids synchronisation overhead on a shared CPU."""
-    old, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(old)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")  # see conftest.py
+
 
 
 def _ratio_np(J):

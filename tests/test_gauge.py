@@ -22,14 +22,8 @@ ROT = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)  # a quarter 
 A3 = 3 * ROT  # MATH.md's A = [[0, 3], [-3, 0]]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def float64_one_thread():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)  # long chains of small ops: a second thread only adds synchronisation
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")  # see conftest.py
+
 
 
 @pytest.fixture(scope="module")

@@ -29,16 +29,8 @@ def gmm2_log_density(x: torch.Tensor, t: float) -> np.ndarray:
     return gmm_logpdf_score(x.numpy(), *gmm_t(GMM2["pis"], GMM2["mus"], GMM2["covs"], a, s))[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def float64_one_thread():
-    """float64 by default (the references are float64), and one thread: these solves are long chains of
-    tiny tensor operations, which a second thread only slows down. Both are restored afterwards."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")  # see conftest.py
+
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,6 @@ from diffusion_lessons import plotting, solvers  # noqa: E402
 F64 = dict(dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
 def _points(n=300, seed=0):
     return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), **F64)
 

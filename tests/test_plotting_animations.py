@@ -13,12 +13,6 @@ from diffusion_lessons import plotting  # noqa: E402
 F64 = dict(dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
 def _frame_count(anim) -> int:
     """Frames of an animation that is not rendered (marked as drawn: matplotlib warns when one is dropped unseen)."""
     anim._draw_was_started = True
