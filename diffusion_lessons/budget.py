@@ -13,7 +13,7 @@ import os
 
 import torch
 
-__all__ = ["BUDGETS", "BUDGET_ENV", "current", "pick"]
+__all__ = ["BUDGETS", "BUDGET_ENV", "current", "resolve", "pick"]
 
 BUDGETS = ("smoke", "laptop", "gpu")
 BUDGET_ENV = "DIFFUSION_LESSONS_BUDGET"
@@ -34,7 +34,11 @@ def current() -> str:
     return _check(name, f" in ${BUDGET_ENV}")
 
 
+def resolve(budget: str | None = None) -> str:
+    """The canonical name of ``budget`` (default: ``current()``); ValueError naming the valid ones."""
+    return current() if budget is None else _check(budget, "")
+
+
 def pick(*, smoke, laptop, gpu, budget: str | None = None):
     """The value for ``budget`` (default: ``current()``), e.g. ``steps = pick(smoke=300, laptop=3000, gpu=20000)``."""
-    name = current() if budget is None else _check(budget, "")
-    return {"smoke": smoke, "laptop": laptop, "gpu": gpu}[name]
+    return {"smoke": smoke, "laptop": laptop, "gpu": gpu}[resolve(budget)]

@@ -18,6 +18,7 @@ import time
 from tqdm.auto import tqdm
 
 from . import recipes
+from .budget import resolve
 from .training import TrainingError
 
 __all__ = ["Row", "pretrain", "format_table", "list_recipes"]
@@ -56,7 +57,7 @@ def pretrain(names: list[str] | None = None, budget: str | None = None, progress
 
     ValueError (naming the valid values) for an unknown recipe or budget, before anything trains.
     """
-    budget = recipes._budget(budget)
+    budget = resolve(budget)
     names = recipes.names() if not names else [recipes.get(name).name for name in names]
     rows = []
     for i, name in enumerate(names, 1):

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 
 from . import metrics
-from .budget import pick
+from .budget import pick, resolve
 from .datasets import PROCEDURAL_FAMILIES, digits, procedural_images
 from .distributions import gmm2, toy_data
 from .nets import EnergyNet, TimeMLP, UNet
@@ -100,11 +100,6 @@ def describe(name: str) -> str:
     return get(name).description
 
 
-def _budget(budget: str | None) -> str:
-    """The budget's canonical name (default: budget.current()); ValueError naming the valid ones."""
-    return pick(smoke="smoke", laptop="laptop", gpu="gpu", budget=budget)
-
-
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype):
     before = torch.get_default_dtype()
@@ -121,7 +116,7 @@ def fit_call(name: str, budget: str | None = None) -> FitCall:
     kwargs carry the budget too, so that fit's own defaults (batch size, learning rate) follow it
     exactly as they follow $DIFFUSION_LESSONS_BUDGET in the chapter.
     """
-    recipe, budget = get(name), _budget(budget)
+    recipe, budget = get(name), resolve(budget)
     with _default_dtype(recipe.default_dtype):
         call = recipe.build(budget)
     call.kwargs = {**call.kwargs, "budget": budget}
@@ -143,7 +138,7 @@ def train(name: str, budget: str | None = None, call: FitCall | None = None, **f
 
 def evaluate(name: str, result: FitResult, budget: str | None = None, call: FitCall | None = None) -> Quality | None:
     """The recipe's quality figure for its trained `result` (None for a recipe without one)."""
-    recipe, budget = get(name), _budget(budget)
+    recipe, budget = get(name), resolve(budget)
     if recipe.evaluate is None:
         return None
     call = fit_call(name, budget) if call is None else call
