@@ -1,4 +1,4 @@
-"""Solvers against exact answers: closed-form Gaussian PF-ODE, kernels, data moments (MATH.md §1.6, App. C).
+"""Solvers against exact answers: closed-form Gaussian PF-ODE, kernels, data moments (Song et al. 2021; Wang & Vastola 2023).
 
 References are written here in float64, from the formulas, never from the solvers' own output.
 """
@@ -13,7 +13,7 @@ from diffusion_lessons import solvers
 
 F64 = dict(dtype=torch.float64)
 
-# GAUSS2 (MATH.md §0.5), written out here: mu, Sigma = U diag(lam) U^T with U a 30-degree rotation.
+# GAUSS2, written out here: mu, Sigma = U diag(lam) U^T with U a 30-degree rotation.
 MU = torch.tensor([1.0, -1.0], **F64)
 LAM = torch.tensor([4.0, 0.25], **F64)
 _C, _S = math.cos(math.pi / 6), math.sin(math.pi / 6)
@@ -21,7 +21,7 @@ U = torch.tensor([[_C, -_S], [_S, _C]], **F64)
 
 
 def gauss2_score(path):
-    """score(x, t) = -C_t^{-1}(x - alpha_t mu), C_t = U diag(alpha_t^2 lam + sigma_t^2) U^T (MATH.md §0.4)."""
+    """score(x, t) = -C_t^{-1}(x - alpha_t mu), C_t = U diag(alpha_t^2 lam + sigma_t^2) U^T."""
 
     def score(x, t):
         a, s = float(path.alpha(t)), float(path.sigma(t))
@@ -31,7 +31,7 @@ def gauss2_score(path):
 
 
 def gauss2_pf_closed_form(x_T, T, t, path):
-    """Wang & Vastola (MATH.md App. C): x_t = alpha_t mu + U diag(psi) U^T (x_T - alpha_T mu),
+    """Wang & Vastola (2023): x_t = alpha_t mu + U diag(psi) U^T (x_T - alpha_T mu),
     psi = sqrt((sigma_t^2 + alpha_t^2 lam) / (sigma_T^2 + alpha_T^2 lam))."""
     aT, sT, a, s = (float(v) for v in (path.alpha(T), path.sigma(T), path.alpha(t), path.sigma(t)))
     psi = torch.sqrt((s**2 + a**2 * LAM) / (sT**2 + aT**2 * LAM))
@@ -87,7 +87,7 @@ def test_adaptive_without_torchdiffeq_says_how_to_fix(monkeypatch):
 def test_sde8_pf_drift_vanishes_for_standard_normal_data():
     """SDE-8: data N(0, I) under VP stays N(0, I), so f x - g^2/2 score = -beta/2 x + beta/2 x = 0.
 
-    MATH.md asks for a drift norm < 1e-14; the two terms that cancel have size beta |x| / 2 (up to ~30
+    Check SDE-8 asks for a drift norm < 1e-14; the two terms that cancel have size beta |x| / 2 (up to ~30
     here), so rounding alone leaves a few ulps of that: the bound is 1e-14 per unit of beta |x| / 2.
     """
     path = dl.VP()
@@ -117,7 +117,7 @@ def test_reverse_drift_family():
 def _sde3_errors(x, data):
     mean_err = float((x.mean(0) - data.mean()).abs().max())
     cov_err = float((torch.cov(x.T) - data.covariance()).abs().max())
-    left_err = abs(float((x[:, 0] < 0).to(x.dtype).mean()) - 0.30)  # mass of GMM2 left of x_1 = 0 (MATH.md §0.5)
+    left_err = abs(float((x[:, 0] < 0).to(x.dtype).mean()) - 0.30)  # mass of GMM2 left of x_1 = 0
     return mean_err, cov_err, left_err
 
 
@@ -147,7 +147,7 @@ def test_sde3_samplers_reproduce_gmm2_fast(path, method):
 @pytest.mark.parametrize("path", [dl.VP(), dl.VE()], ids=lambda p: p.name)
 @pytest.mark.parametrize("method", ["em", "pc", "pf-euler"])
 def test_sde3_samplers_reproduce_gmm2(path, method):
-    """SDE-3 as in MATH.md §1.6: 20 000 samples, N = 1000, exact score."""
+    """Check SDE-3: 20 000 samples, N = 1000, exact score."""
     mean_err, cov_err, left_err = _run_sde3(path, method, steps=1000)
     print(path.name, method, mean_err, cov_err, left_err)
     assert mean_err < 0.05 and cov_err < 0.12 and left_err < 0.015, (mean_err, cov_err, left_err)
@@ -195,7 +195,7 @@ def test_sde1_forward_em_matches_kernel_fast(path, t):
 @pytest.mark.slow
 @pytest.mark.parametrize("path, t", [(dl.VP(), 0.3), (dl.SubVP(), 0.3), (dl.VE(), 0.5)], ids=["vp", "subvp", "ve"])
 def test_sde1_forward_em_matches_kernel(path, t):
-    """SDE-1 as in MATH.md §1.6: 200 000 paths, 3000 steps."""
+    """Check SDE-1: 200 000 paths, 3000 steps."""
     _check_sde1(path, t, n_paths=200_000, n_steps=3000)
 
 
@@ -251,19 +251,6 @@ def test_bad_grids_are_explained():
         solvers.time_grid(10, kind="log_snr")
 
 
-def test_time_grids():
-    path = dl.VP()
-    for kind in solvers.GRID_KINDS:
-        grid = solvers.time_grid(40, kind=kind, path=path)
-        assert grid.shape == (41,) and grid.dtype == torch.float64
-        assert float(grid[0]) == 1.0 and float(grid[-1]) == 1e-3 and bool((grid[1:] < grid[:-1]).all())
-    steps = torch.diff(path.log_snr(solvers.time_grid(40, kind="log_snr", path=path)))
-    assert float((steps - steps.mean()).abs().max()) < 1e-9
-    quad = solvers.time_grid(4, t_start=1.0, t_end=0.0, kind="quadratic")
-    assert torch.allclose(quad, torch.tensor([1.0, 0.5625, 0.25, 0.0625, 0.0], **F64))
-    assert torch.allclose(solvers.time_grid(3, 0.0, 0.3), torch.linspace(0.0, 0.3, 4, **F64), rtol=0, atol=1e-15)
-
-
 def test_float32_follows_float64():
     """float32 in, float32 out, close to the float64 answer (exact GMM2 score, VP)."""
     path = dl.VP()
@@ -297,156 +284,3 @@ def test_cuda():
         assert out.device.type == "cuda" and bool(torch.isfinite(out).all())
     fwd = solvers.simulate_forward_sde(path, x_T, solvers.time_grid(10, 0.0, 0.5), generator=g)
     assert fwd.device.type == "cuda"
-
-
-# -- DPM-Solver++ (MATH.md §7.2-7.3: DPM-1, DPM-2 = PR-5, DPM-3) ---------------------------------------
-def _rms(x, ref):
-    return float((x - ref).square().sum(1).mean().sqrt())
-
-
-def _ratios(errors):
-    return [e0 / e1 for e0, e1 in zip(errors, errors[1:])]
-
-
-def _vp_floats(t, bmin=0.1, bmax=20.0):
-    """Song's VP written out (MATH.md App. C): alpha = exp(-B/2), sigma = sqrt(1 - exp(-B)), beta."""
-    B = bmin * t + 0.5 * (bmax - bmin) * t**2
-    return math.exp(-0.5 * B), math.sqrt(-math.expm1(-B)), bmin + t * (bmax - bmin)
-
-
-def test_dpm2_first_order_dpm_solver_pp_is_ddim():
-    """DPM-2 / PR-5: DPM-Solver++-1 (data prediction) = DPM-Solver-1 (noise prediction) = DDIM on one grid.
-
-    References: the DPM-Solver-1 formula x_t = (alpha_t / alpha_s) x_s - sigma_t (e^h - 1) eps_hat written
-    here, and the DDIM step of the DDPM chain (dl.ddpm.ddim_step) on a chain whose abar_i = alpha(t_i)^2.
-    MATH.md measured 9.8e-15; assert < 1e-12.
-    """
-    from diffusion_lessons.ddpm import DDPMSchedule, ddim_step
-
-    path, data = dl.VP(), dl.gmm2()
-    x0_model, eps_model = dl.exact_prediction(data, path, "x0"), dl.exact_prediction(data, path, "eps")
-    x_T = _start(256)
-    grid = solvers.time_grid(12, kind="log_snr", path=path).tolist()
-    ours = solvers.sample_dpm_solver(x0_model, path, x_T, grid, order=1)
-    x = x_T
-    for s, t in zip(grid[:-1], grid[1:]):
-        (a_s, s_s, _), (a_t, s_t, _) = _vp_floats(s), _vp_floats(t)
-        h = math.log(a_t / s_t) - math.log(a_s / s_s)
-        x = (a_t / a_s) * x - s_t * math.expm1(h) * eps_model(x, s)
-    assert float((ours - x).abs().max()) < 1e-12
-    abar = torch.tensor([_vp_floats(t)[0] ** 2 for t in reversed(grid)], **F64)  # i = 1..N+1, t ascending
-    schedule = DDPMSchedule(1 - abar / torch.cat([torch.ones(1, **F64), abar[:-1]]))
-    x = x_T
-    for i in range(len(grid), 1, -1):
-        x = ddim_step(eps_model(x, grid[len(grid) - i]), x, schedule, i, i - 1)
-    assert float((ours - x).abs().max()) < 1e-12
-    # the target is converted, not assumed: an eps-model gives the same path
-    via_eps = solvers.sample_dpm_solver(eps_model, path, x_T, grid, target="eps", order=1)
-    assert float((ours - via_eps).abs().max()) < 1e-12
-
-
-@pytest.mark.parametrize("order", solvers.DPM_ORDERS)
-def test_dpm3_point_mass_is_exact(order):
-    """DPM-3: data delta_{x*}: x0_hat = x* is constant in lambda, so 3 steps are exact (MATH.md: 2e-16):
-    x_t0 = alpha_t0 x* + sigma_t0 / sigma_T (x_T - alpha_T x*); a last step onto t = 0 (sigma = 0) lands on x*."""
-    star = torch.tensor([3.0, -2.0], **F64)
-    x_T = _start(32)
-    for path, grid in [(dl.VP(), [1.0, 0.6, 0.2, 1e-3]), (dl.RectifiedFlow(), [1.0, 0.6, 0.2, 1e-3]),
-                       (dl.VE(), [1.0, 0.6, 0.2, 1e-3]), (dl.Cosine(), [0.9, 0.5, 0.1, 0.0])]:
-        T, t0 = grid[0], grid[-1]
-        aT, sT, a0, s0 = (float(v) for v in (path.alpha(T), path.sigma(T), path.alpha(t0), path.sigma(t0)))
-        expected = a0 * star + s0 / sT * (x_T - aT * star)
-        out = solvers.sample_dpm_solver(lambda x, t: star.expand_as(x), path, x_T, grid, order=order)
-        assert float((out - expected).abs().max()) < 1e-12, path.name
-
-
-def _gaussian_dpm1_errors(order, steps, n=1000):
-    """DPM-1 setting: VP, data N((1, -1), diag(4, 0.01)), T = 1 -> 1e-3, steps uniform in lambda.
-    Model x0_hat = mu + alpha lam / (alpha^2 lam + sigma^2) (x - alpha mu) and oracle (MATH.md §2.2),
-    both written here; RMS over n trajectories."""
-    mu, lam = torch.tensor([1.0, -1.0], **F64), torch.tensor([4.0, 0.01], **F64)
-    path = dl.VP()
-
-    def x0_model(x, t):
-        a, s, _ = _vp_floats(t)
-        return mu + a * lam / (a**2 * lam + s**2) * (x - a * mu)
-
-    x_T = _start(n)
-    (aT, sT, _), (a0, s0, _) = _vp_floats(1.0), _vp_floats(1e-3)
-    exact = a0 * mu + torch.sqrt((s0**2 + a0**2 * lam) / (sT**2 + aT**2 * lam)) * (x_T - aT * mu)
-    return [_rms(solvers.sample_dpm_solver(x0_model, path, x_T, solvers.time_grid(k, kind="log_snr", path=path),
-                                           order=order), exact) for k in steps]
-
-
-def test_dpm1_orders_on_gaussian_closed_form():
-    """DPM-1 (MATH.md §7.3): ratios when the steps double, first order in [1.7, 2.3] for N >= 20,
-    DPM-Solver++(2M) in [3.3, 5.0] for N >= 40 (MATH.md: 1.79, 1.89, 1.94, 1.97 and 0.71, 2.77, 3.73, 3.94)."""
-    first = _ratios(_gaussian_dpm1_errors(1, (5, 10, 20, 40, 80)))
-    second = _ratios(_gaussian_dpm1_errors(2, (5, 10, 20, 40, 80)))
-    print("DPM-Solver++-1 ratios", first, "DPM-Solver++(2M) ratios", second)
-    assert all(1.7 <= r <= 2.3 for r in first[1:]), first
-    assert all(3.3 <= r <= 5.0 for r in second[2:]), second
-    assert second[0] < 1  # 2M at N = 5 beats N = 10 here (MATH.md: 0.71), a known non-asymptotic dip
-
-
-def _gmm2_pf_ode_dop853(x_T, t_end):
-    """High-accuracy reference: the VP PF-ODE dx/dt = -beta/2 (x + score) of GMM2, score from
-    reference.gmm_logpdf_score (numpy), all trajectories as one system, DOP853 rtol 1e-10, atol 1e-12."""
-    from scipy.integrate import solve_ivp
-    from reference import GMM2, gmm_logpdf_score, gmm_t
-
-    shape = x_T.shape
-
-    def rhs(t, y):
-        a, s, beta = _vp_floats(t)
-        x = y.reshape(shape)
-        score = gmm_logpdf_score(x, *gmm_t(GMM2["pis"], GMM2["mus"], GMM2["covs"], a, s))[1]
-        return (-0.5 * beta * (x + score)).ravel()
-
-    sol = solve_ivp(rhs, (1.0, t_end), x_T.numpy().ravel(), method="DOP853", rtol=1e-10, atol=1e-12)
-    assert sol.success, sol.message
-    return torch.from_numpy(sol.y[:, -1].reshape(shape))
-
-
-def test_dpm_solver_orders_on_gmm2_against_dop853():
-    """Orders on a Gaussian mixture (GMM2, VP, exact denoiser, steps uniform in lambda) against a DOP853
-    solve (rtol 1e-10): error ratio under step doubling ~2 for DPM-Solver++-1, ~4 for DPM-Solver++(2M)."""
-    path, x_T = dl.VP(), _start(64)
-    reference = _gmm2_pf_ode_dop853(x_T, 1e-3)
-    x0_model = dl.exact_denoiser(dl.gmm2(), path)
-    errors = {order: [_rms(solvers.sample_dpm_solver(x0_model, path, x_T, solvers.time_grid(k, kind="log_snr",
-                                                                                          path=path), order=order),
-                           reference) for k in (25, 50, 100, 200)] for order in solvers.DPM_ORDERS}
-    first, second = _ratios(errors[1]), _ratios(errors[2])
-    print("errors", errors, "ratios", first, second)
-    assert all(1.7 <= r <= 2.3 for r in first), first
-    assert all(3.3 <= r <= 5.0 for r in second), second
-    assert errors[2][-1] < errors[1][-1] / 20
-
-
-def test_dpm_solver_interface():
-    """Trajectory shape, image-shaped batches, float32 in and out, errors that name the valid choices."""
-    path, star = dl.VP(), torch.zeros(1, 4, 4, **F64)
-    x_T = torch.randn(5, 1, 4, 4, **F64)
-    field = lambda x, t: star.to(x).expand_as(x)  # noqa: E731
-    x, traj = solvers.sample_dpm_solver(field, path, x_T, solvers.time_grid(6), return_trajectory=True)
-    assert traj.shape == (7, 5, 1, 4, 4) and torch.equal(traj[0], x_T) and torch.equal(traj[-1], x)
-    out32 = solvers.sample_dpm_solver(field, path, x_T.float(), solvers.time_grid(6))
-    assert out32.dtype == torch.float32 and float((out32.double() - x).abs().max()) < 1e-5
-    with pytest.raises(ValueError, match="order 3.*1, 2"):
-        solvers.sample_dpm_solver(field, path, x_T, solvers.time_grid(6), order=3)
-    with pytest.raises(ValueError, match="'noise'.*eps, x0"):
-        solvers.sample_dpm_solver(field, path, x_T, solvers.time_grid(6), target="noise")
-    with pytest.raises(ValueError, match="sigma\\(t\\) > 0"):
-        solvers.sample_dpm_solver(field, path, x_T, [0.0, 0.5])  # starts at the data, sigma(0) = 0
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_dpm_solver_cuda():
-    path, dev = dl.VP(), torch.device("cuda")
-    data = dl.gmm2(dtype=torch.float32, device=dev)
-    x_T = torch.randn(512, 2, device=dev)
-    grid = solvers.time_grid(10, kind="log_snr", path=path)
-    for order in solvers.DPM_ORDERS:
-        out = solvers.sample_dpm_solver(dl.exact_denoiser(data, path), path, x_T, grid, order=order)
-        assert out.device.type == "cuda" and out.dtype == torch.float32 and bool(torch.isfinite(out).all())

@@ -1,0 +1,148 @@
+"""Sampler accuracy per NFE: every method of dl.sample on every grid, on GMM2 with the exact score.
+
+The probability-flow ODE of GMM2 (two Gaussians in 2-D) under Song's VP, from t = 1 to t = 1e-3, has no
+closed form; the reference x_ref is scipy's DOP853 (rtol 1e-10, atol 1e-12) on the same starting points.
+Every error is the mean over the trajectories of ||x - x_ref||. Three tables:
+
+* sampler x grid: each method on the uniform, log-SNR and Karras grids at NFE 5 ... 256 (the largest step
+  count whose NFE does not exceed the column);
+* reaching 1000-step Euler: the smallest NFE at which each method/grid pair is as accurate as Euler with
+  1000 steps, and the best pair within 20 NFE;
+* teleport start: the closed-form Gaussian jump from t = 1 to t_skip (chapter 6: GMM2's moment-matched
+  Gaussian, dl.gaussian_pf_ode), then each method/grid from t_skip, within 10 NFE.
+
+`run(quick)` returns the markdown of the three tables; bench.py prints it.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+__all__ = ["STEPS_PER_NFE", "dop853_reference", "sampler_tables"]
+
+STEPS_PER_NFE = {"euler": 1, "heun": 2, "rk4": 4, "ddim": 1, "dpm2": 2, "dpm++2m": 1, "dpm++3m": 1, "edm": 2,
+                 "evodiff": 1}
+GRIDS = ("uniform", "log_snr", "karras")
+
+
+def dop853_reference(score, path, x_T: torch.Tensor, t_end: float, t_start: float = 1.0) -> torch.Tensor:
+    """The PF-ODE dx/dt = f x - g^2/2 score from t_start to t_end, all points as one system, scipy DOP853
+    with rtol 1e-10, atol 1e-12, float64 on the CPU."""
+    from scipy.integrate import solve_ivp
+
+    x_T = x_T.detach().to("cpu", torch.float64)
+
+    def rhs(t, y):
+        x = torch.from_numpy(y).reshape(x_T.shape)
+        return (path.f(t) * x - 0.5 * path.g2(t) * score(x, t)).numpy().ravel()
+
+    sol = solve_ivp(rhs, (t_start, t_end), x_T.numpy().ravel(), method="DOP853", rtol=1e-10, atol=1e-12)
+    if not sol.success:
+        raise RuntimeError(f"the DOP853 reference failed: {sol.message}")
+    return torch.from_numpy(sol.y[:, -1].reshape(x_T.shape))
+
+
+class _Problem:
+    """GMM2 on VP, exact eps-prediction, n starting points, the DOP853 reference at t_end."""
+
+    def __init__(self, n: int, t_end: float = 1e-3):
+        from .distributions import exact_prediction, exact_score, gmm2
+        from .paths import VP
+
+        self.path, self.data, self.t_end = VP(), gmm2(), t_end
+        self.model = exact_prediction(self.data, self.path, "eps")
+        self.x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        start = time.perf_counter()
+        self.ref = dop853_reference(exact_score(self.data, self.path), self.path, self.x_T, t_end)
+        self.ref_seconds = time.perf_counter() - start
+
+    def error(self, method: str, nfe: int, kind: str, x=None, t_start: float = 1.0) -> tuple[float, int] | None:
+        """(mean error, NFE used) of `method` on `kind` with at most `nfe` evaluations (None if it does not fit)."""
+        from .sampling import sample, time_grid
+
+        steps = nfe // STEPS_PER_NFE[method]
+        if steps < (2 if method == "evodiff" else 1):
+            return None
+        grid = time_grid(steps, t_start, self.t_end, kind=kind, path=self.path)
+        out = sample(self.model, self.path, self.x_T if x is None else x, grid, method)
+        return float((out.x - self.ref).norm(dim=1).mean()), out.nfe
+
+
+def _grid_table(problem: _Problem, methods, nfes) -> list[list]:
+    rows = []
+    for method in methods:
+        for kind in GRIDS:
+            cells = [problem.error(method, nfe, kind) for nfe in nfes]
+            rows.append([method, kind, *("-" if c is None else f"{c[0]:.2e}" for c in cells)])
+    return rows
+
+
+def _reaching(problem: _Problem, methods, target: float, max_nfe: int) -> tuple[list[list], tuple]:
+    """Per method/grid the smallest NFE of a scan (every NFE to 20, then steps of ~15 %) with error <= target; the
+    best pair within 20 NFE."""
+    scan = sorted({*range(2, 21), *(round(20 * 1.15**k) for k in range(1, 40) if 20 * 1.15**k <= max_nfe)})
+    rows, best = [], None
+    for method in methods:
+        for kind in GRIDS:
+            found, best20 = None, None
+            for nfe in scan:
+                result = problem.error(method, nfe, kind)
+                if result is None:
+                    continue
+                if nfe <= 20 and (best20 is None or result[0] < best20[0]):
+                    best20 = result
+                if result[0] <= target:
+                    found = result
+                    break
+            rows.append([method, kind, "-" if found is None else found[1], f"{best20[0]:.2e}" if best20 else "-"])
+            if best20 and (best is None or best20[0] < best[0]):
+                best = (best20[0], best20[1], method, kind)
+    return rows, best
+
+
+def _teleport(problem: _Problem, methods, skips, max_nfe: int = 10) -> list[list]:
+    from .closed_form import gaussian_pf_ode
+    from .distributions import Gaussian
+
+    gaussian = Gaussian(problem.data.mean(), problem.data.covariance())
+    rows = []
+    for t_skip in skips:
+        x = gaussian_pf_ode(gaussian, problem.path, problem.x_T, 1.0, t_skip)
+        results = [(r, m, k) for m in methods for k in GRIDS
+                   if (r := problem.error(m, max_nfe, k, x=x, t_start=t_skip)) is not None]
+        (err, nfe), method, kind = min(results, key=lambda r: r[0][0])
+        rows.append([t_skip, method, kind, nfe, f"{err:.2e}"])
+    return rows
+
+
+def sampler_tables(quick: bool, table) -> str:
+    """The three tables as markdown; `table(title, headers, rows, note)` formats one (bench._table)."""
+    from .sampling import sample, time_grid
+
+    n, nfes = (50, (8, 16)) if quick else (500, (5, 10, 20, 40, 80, 160, 256))
+    methods = ("euler", "heun", "dpm++2m") if quick else tuple(STEPS_PER_NFE)
+    problem = _Problem(n)
+    euler_steps = 100 if quick else 1000
+    euler = sample(problem.model, problem.path, problem.x_T, time_grid(euler_steps), "euler")
+    target = float((euler.x - problem.ref).norm(dim=1).mean())
+    source = (f"GMM2, VP, exact eps-prediction, float64 on the CPU, {n} trajectories from the same x_T ~ N(0, I), "
+              f"t = 1 -> 1e-3; x_ref: scipy DOP853 rtol 1e-10 ({problem.ref_seconds:.1f} s).")
+    grid_rows = _grid_table(problem, methods, nfes)
+    out = table("Sampler accuracy per NFE: mean ||x - x_ref||", ["method", "grid", *map(str, nfes)], grid_rows,
+                source + " Grids: uniform in t, uniform in lambda = log(alpha/sigma) (log_snr), EDM's rho = 7 in "
+                "sigma/alpha (karras). A cell uses the most steps whose NFE fits the column (heun, dpm2, edm: 2 a "
+                "step, rk4: 4).")
+    reach_rows, best = _reaching(problem, methods, target, 24 if quick else 256)
+    verdict = "no pair reaches it" if best is None or best[0] > target else "reached"
+    out += "\n" + table(f"Reaching {euler_steps}-step Euler (error {target:.2e})", [
+        "method", "grid", f"smallest NFE with error <= Euler-{euler_steps}", "best error with NFE <= 20"], reach_rows,
+        f"Best pair within 20 NFE: {best[2]} on {best[3]} grid, {best[0]:.2e} at NFE {best[1]} ({verdict}: target "
+        f"{target:.2e}, ratio {best[0] / target:.1f}).")
+    skips = (0.6,) if quick else (0.4, 0.5, 0.6, 0.7, 0.8)
+    out += "\n" + table("Teleport start, then a sampler within 10 NFE", [
+        "t_skip", "best method", "grid", "NFE", "mean error"], _teleport(problem, methods, skips),
+        f"Closed-form jump 1 -> t_skip with GMM2's moment-matched Gaussian (dl.gaussian_pf_ode), then the best "
+        f"method/grid from t_skip to 1e-3 within 10 NFE; target ({euler_steps}-step Euler): {target:.2e}. The jump's "
+        "error is the Gaussian approximation's bias, which no sampler after it removes.")
+    return out
