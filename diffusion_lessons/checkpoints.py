@@ -13,11 +13,13 @@ torch.load(weights_only=True), so loading never unpickles arbitrary objects:
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sys
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path as FilePath
 
 import torch
@@ -29,7 +31,7 @@ try:
 except ImportError:  # not POSIX (Windows): no lock; atomic renames still keep every file whole
     fcntl = None
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "CHECKPOINT_MARKER"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_verified", "CHECKPOINT_MARKER"]
 
 CHECKPOINT_MARKER = "diffusion_lessons_checkpoint"
 CHECKPOINT_VERSION = 1
@@ -94,20 +96,46 @@ def save_checkpoint(file, model, config: dict, ema=None, history: dict | None = 
     return write_atomically(checkpoint_payload(model, config, ema, history), FilePath(file))
 
 
-def read_checkpoint(file) -> dict:
-    """The validated payload of a checkpoint file (weights-only load); CheckpointError otherwise."""
+def load_verified(file):
+    """torch.load(file, weights_only=True) of a zip archive whose every record matches its CRC-32;
+    CheckpointError for a missing, unreadable, corrupt, legacy-format or pickled-object file.
+
+    torch writes a checkpoint as a zip archive with a CRC-32 per record, which torch.load does not
+    check, so a flipped bit would load as a wrong weight. Here every record is read with Python's
+    zipfile, which checks it against its CRC (a mismatch makes the file corrupt), and torch loads an
+    archive rebuilt from those verified records, never the file's own headers (a flipped bit there,
+    e.g. one marking a record as a folder, made torch read uninitialised memory while every CRC still
+    matched). Files in torch's legacy (non-zip) format have no checksums and are refused.
+    """
     file = FilePath(file)
-    if not file.is_file():
-        raise CheckpointError(f"no checkpoint at {file}: the file does not exist "
-                              "(train one with fit(...) or `diffusion-lessons train`)")
+    raw = _read_bytes(file)
     try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
+        zipped = zipfile.is_zipfile(io.BytesIO(raw))
+    except Exception as err:  # noqa: BLE001 - e.g. BadZipFile from a damaged end record
+        raise _corrupt(file, f"its zip structure is damaged: {type(err).__name__}: {str(err)[:120]}") from None
+    try:
+        payload = torch.load(io.BytesIO(_verified_archive(raw, file) if zipped else raw), map_location="cpu",
+                             weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ...
         first = (str(err).splitlines() or [""])[0]
         reason = ("the weights-only loader refused it: it holds pickled Python objects, or is garbage"
                   if "Weights only load failed" in first else f"{type(err).__name__}: {first[:120]}")
-        raise CheckpointError(f"cannot read {file}: it is truncated, corrupt or not a diffusion-lessons "
-                              f"checkpoint ({reason}); delete it and train again") from None
+        raise _corrupt(file, reason) from None
+    if not zipped:
+        raise CheckpointError(f"{file} is in torch's legacy (non-zip) format, which has no checksums to verify; "
+                              "write it again with save_checkpoint")
+    return payload
+
+
+def read_checkpoint(file) -> dict:
+    """The validated payload of a checkpoint file; CheckpointError otherwise.
+
+    The file is read by `load_verified` (every record checked against its CRC-32, weights-only); the
+    payload must then be a diffusion-lessons checkpoint whose state dicts map names to finite tensors.
+    """
+    payload = load_verified(file)
     if not isinstance(payload, dict) or CHECKPOINT_MARKER not in payload:
         raise CheckpointError(f"{file} is not a diffusion-lessons checkpoint (no {CHECKPOINT_MARKER!r} key); "
                               "write checkpoints with save_checkpoint or fit")
@@ -117,7 +145,70 @@ def read_checkpoint(file) -> dict:
     config = payload.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or "state_dict" not in payload:
         raise CheckpointError(f"{file} is incomplete: it needs 'config' (with 'model') and 'state_dict'")
+    _check_state(payload["state_dict"], "state_dict", file)
+    if payload.get("ema_state_dict") is not None:
+        _check_state(payload["ema_state_dict"], "ema_state_dict", file)
     return payload
+
+
+def _corrupt(file: FilePath, reason: str) -> CheckpointError:
+    return CheckpointError(f"cannot read {file}: it is truncated, corrupt or not a diffusion-lessons checkpoint "
+                           f"({reason}); delete it and train again")
+
+
+def _read_bytes(file: FilePath) -> bytes:
+    """The file's bytes; CheckpointError naming what is wrong: missing, a folder, or not readable."""
+    if file.is_dir():
+        raise CheckpointError(f"{file} is a directory, not a checkpoint file; give the path of a .pt file")
+    try:
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {file}: the file does not exist "
+                              "(train one with fit(...) or `diffusion-lessons train`)") from None
+    except PermissionError:
+        raise CheckpointError(f"cannot read {file}: permission denied; make it readable (chmod u+r) or run as "
+                              "the user who owns it") from None
+    except OSError as err:
+        raise CheckpointError(f"cannot read {file}: {err.strerror or err}") from None
+
+
+def _verified_archive(raw: bytes, file: FilePath) -> bytes:
+    """The zip archive `raw` rebuilt from its records, each checked against its CRC-32; CheckpointError when a
+    record does not match, a name repeats, or the archive will not unpack."""
+    out, seen = io.BytesIO(), set()
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as clean:
+            for info in archive.infolist():
+                if info.filename in seen:
+                    raise _corrupt(file, f"record {info.filename!r} appears twice")
+                seen.add(info.filename)
+                try:
+                    data = archive.read(info)
+                except zipfile.BadZipFile as err:
+                    if "CRC" not in str(err):
+                        raise
+                    raise _corrupt(file, f"record {info.filename!r} does not match its CRC-32 checksum: the bytes "
+                                         "changed after it was written") from None
+                clean.writestr(info.filename, data)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 - BadZipFile, or headers damaged so that zipfile fails another way
+        raise _corrupt(file, f"its zip structure is damaged: {type(err).__name__}: {str(err)[:120]}") from None
+    return out.getvalue()
+
+
+def _check_state(state, which: str, file: FilePath) -> None:
+    """A state dict must map names to tensors, with finite values in every floating-point tensor."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: {which} is a {type(state).__name__}, not a dict of tensors; the file is "
+                              "damaged or was not written by diffusion-lessons")
+    for name, value in state.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{file}: {which}[{name!r}] is a {type(value).__name__}, not a tensor; the file is "
+                                  "damaged or was not written by diffusion-lessons")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{file}: {which}[{name!r}] holds NaN or infinite values (the run that wrote it "
+                                  "diverged); delete it and train again")
 
 
 def _check_expected(config: dict, expect: dict, file) -> None:
@@ -132,8 +223,9 @@ def load_checkpoint(file, expect: dict | None = None, which: str = "model", devi
 
     which: "model" for the trained weights, "ema" for their moving average. expect: keys of the
     config that must have these values (e.g. {"target": "eps", "path": path.config()}).
-    Raises CheckpointError for a missing, truncated, corrupt or foreign file, weights that do not fit
-    the config, or a config that differs from `expect`.
+    Raises CheckpointError for a missing, unreadable, truncated, corrupt (CRC mismatch) or foreign
+    file, weights that are not finite or do not fit the config (checked on the meta device before
+    anything is allocated), or a config that differs from `expect`.
     """
     if which not in ("model", "ema"):
         raise ValueError(f"which must be 'model' or 'ema'; got {which!r}")
@@ -144,16 +236,35 @@ def load_checkpoint(file, expect: dict | None = None, which: str = "model", devi
     state = payload.get("state_dict" if which == "model" else "ema_state_dict")
     if state is None:
         raise CheckpointError(f"{file} has no EMA weights; use which='model'")
-    try:
-        model = build_model(config["model"])
-    except ValueError as err:
-        raise CheckpointError(f"{file}: cannot rebuild its model: {err}") from None
+    model = _build_for(config["model"], state, file)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise CheckpointError(f"{file}: the weights do not fit the model its config describes "
                               f"({config['model']}): {str(err).splitlines()[0]}") from None
     return model.to(device).eval(), config
+
+
+def _build_for(model_config: dict, state: dict, file) -> torch.nn.Module:
+    """The model config describes, built once its parameter shapes are known to match `state`.
+
+    The shapes come from a build on the meta device (no memory), so a config declaring a layer far
+    wider than the stored weights fails here instead of allocating it.
+    """
+    try:
+        with torch.device("meta"):
+            expected = build_model(model_config).state_dict()
+    except (ValueError, TypeError, RuntimeError, OverflowError) as err:
+        raise CheckpointError(f"{file}: cannot rebuild its model from {model_config}: "
+                              f"{(str(err).splitlines() or [''])[0][:200]}") from None
+    problems = [f"missing {k!r}" for k in expected if k not in state]
+    problems += [f"unexpected {k!r}" for k in state if k not in expected]
+    problems += [f"{k!r}: the config declares {list(v.shape)}, the file holds {list(state[k].shape)}"
+                 for k, v in expected.items() if k in state and v.shape != state[k].shape]
+    if problems:
+        raise CheckpointError(f"{file}: the weights do not fit the model its config describes ({model_config}): "
+                              + "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else ""))
+    return build_model(model_config)
 
 
 # -- the lock around one cache entry ---------------------------------------------------------------

@@ -3,7 +3,7 @@
     diffusion-lessons train --data moons --target eps --steps 2000 [--path vp] [--seed 0]
                             [--budget laptop] [--checkpoint-every 500] [--out model.pt]
     diffusion-lessons sample model.pt --n 2000 --out samples.png [--steps 100] [--method heun] [--seed 0]
-    diffusion-lessons pretrain [--budget smoke|laptop|gpu] [--only NAME ...] [--list]
+    diffusion-lessons pretrain [--budget smoke|laptop|gpu] [--only NAME ...] [--list] [--ship]
     diffusion-lessons bench [ARGS ...]
 
 `train` fits a TimeMLP with `training.fit` (so the checkpoint lands in the cache and a second run
@@ -11,32 +11,51 @@ is instant; an interrupted run, started again, resumes from its last resume chec
 where the checkpoint is. `sample` rebuilds the model from the checkpoint, turns its prediction into
 the PF-ODE velocity u = alpha' x0_hat + sigma' eps_hat with `paths.convert`, and integrates
 dx/dt = u from noise to data (Heun's method unless --method says otherwise). `pretrain` trains every
-chapter's models (recipes.py) into the cache and prints a summary table (pretrain.py); `bench` hands
+chapter's models (the recipes package) into the cache and prints a summary table (pretrain.py); with
+--ship it writes them as the package's shipped weights (shipped.py); `bench` hands
 its arguments to diffusion_lessons.bench.
 
-Every error the user can cause (an unknown name, a bad number, a missing or damaged file) ends the
-program with one line on stderr, naming the bad value and the valid ones, and a non-zero status.
+Every error the user can cause (an unknown name, a bad number, a missing, damaged or unusable file, an
+output that cannot be written) ends the program with one line on stderr, naming the bad value and the
+valid ones, and a non-zero status; `sample` writes nothing unless every sample is finite. Warnings
+(e.g. a damaged cache entry that is retrained) are one line too.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import tempfile
+import warnings
 from pathlib import Path as FilePath
 
 import numpy as np
 import torch
 
+from .checkpoints import read_checkpoint
 from .distributions import TOY_DATASETS, toy_data
 from .nets import TimeMLP
-from .paths import PATHS, convert, make_path
+from .paths import PATHS, TARGETS, convert, make_path
 from .solvers import ODE_METHODS, sample_ode, time_grid
-from .training import CheckpointError, TrainingError, fit, load_checkpoint, save_checkpoint
+from .training import (
+    CheckpointError,
+    TrainingError,
+    fit,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .validate import check_seed, real_in, whole_number
 
 __all__ = ["main"]
 
 PROG = "diffusion-lessons"
 CLI_TARGETS = ("eps", "x0", "score", "velocity")
 SAMPLE_FORMATS = (".npz", ".png", ".pdf", ".svg")
+MAX_SAMPLES = 10_000_000  # more in one run: run again with another --seed
+MAX_STEPS = 100_000  # far past where the solvers' error stops changing the samples
+CHUNK = 65_536  # samples integrated at once: memory stays near the size of the output
+T_EDGE = 1e-3  # where sampling stops (and, on rf and cosine, starts) when the checkpoint's t_min is 0
 
 
 class ToySet:
@@ -62,7 +81,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog=PROG, description="Train and sample the course's diffusion models.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a TimeMLP on a 2-D toy set (cached)")
     train.add_argument("--data", required=True, help=f"toy set: {', '.join(TOY_DATASETS)}")
@@ -91,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--budget", help="smoke, laptop or gpu (default: $DIFFUSION_LESSONS_BUDGET, else by device)")
     pretrain.add_argument("--only", nargs="+", metavar="NAME", help="train these recipes only (see --list)")
     pretrain.add_argument("--list", action="store_true", help="list the recipes and exit")
+    pretrain.add_argument("--ship", action="store_true",
+                          help="also write the weights shipped with the package (diffusion_lessons/weights, MANIFEST.json)")
     pretrain.set_defaults(run=_pretrain)
     commands.add_parser("bench", help="run the benchmarks (all arguments go to diffusion_lessons.bench)", add_help=False)
     return parser
@@ -102,9 +126,9 @@ def _pretrain(args) -> int:
     if args.list:
         print(pretrain.list_recipes())
         return 0
-    rows = pretrain.pretrain(args.only, budget=args.budget)
+    rows = (pretrain.ship if args.ship else pretrain.pretrain)(args.only, budget=args.budget)
     print(pretrain.format_table(rows))
-    return 1 if any(row.source == "failed" for row in rows) else 0
+    return 1 if any(row.source in ("failed", "claim fails") for row in rows) else 0
 
 
 def _bench(argv: list[str]) -> int:
@@ -136,49 +160,120 @@ def _train(args) -> int:
     return 0
 
 
-def _start_time(path, target: str, t_min: float) -> float:
-    """t = 1, except where an eps or score model has no velocity there.
+def _time_range(path, target: str, t_min: float) -> tuple[float, float]:
+    """(t_start, t_end) of the PF-ODE solve, both where the model's velocity is defined.
 
-    Where alpha(1) = 0 (rf, cosine) the velocity needs x0_hat = (x - sigma eps_hat) / alpha, undefined
-    at t = 1; those start at 1 - t_min, inside the range of times the model was trained on.
+    It ends at t_min, the smallest time the model was trained on, or at T_EDGE when t_min = 0: where
+    sigma = 0 the velocity of an eps, score or x0 model divides by sigma. It starts at t = 1, except
+    where an eps or score model has no velocity there: where alpha(1) = 0 (rf, cosine) the velocity
+    needs x0_hat = (x - sigma eps_hat) / alpha, undefined at t = 1; those start at 1 - t_end.
     """
-    return 1.0 if target in ("x0", "velocity") or float(path.alpha(1.0)) > 1e-6 else 1.0 - t_min
+    t_end = t_min if t_min > 0 else T_EDGE
+    t_start = 1.0 if target in ("x0", "velocity") or float(path.alpha(1.0)) > 1e-6 else 1.0 - t_end
+    return t_start, t_end
+
+
+def _check_sample_args(args) -> None:
+    """Everything `sample` is given on the command line, checked before the checkpoint is read."""
+    if args.out.suffix.lower() not in SAMPLE_FORMATS:
+        raise ValueError(f"cannot write samples to {args.out}: use one of {', '.join(SAMPLE_FORMATS)}")
+    if args.out.is_dir():
+        raise ValueError(f"--out {args.out} is a directory; give a file name such as {args.out / 'samples.npz'}")
+    whole_number("--n", args.n, 1, MAX_SAMPLES, f"a whole number from 1 to {MAX_SAMPLES} (for more, run again "
+                                                 "with another --seed)")
+    whole_number("--steps", args.steps, 1, MAX_STEPS, f"a whole number from 1 to {MAX_STEPS}")
+    check_seed(args.seed, "--seed")
+    if args.method not in ODE_METHODS:
+        raise ValueError(f"unknown method {args.method!r}; valid methods: {', '.join(ODE_METHODS)}")
+
+
+def _sampling_config(file, config: dict):
+    """(path, target, t_min, dim) from a checkpoint's config; CheckpointError naming what is unusable."""
+    missing = [k for k in ("path", "target", "t_min") if k not in config]
+    if missing or "dim" not in config["model"]:
+        raise CheckpointError(f"{file} cannot be sampled here: its config lacks "
+                              f"{missing or ['model.dim']} (write it with `{PROG} train` or fit)")
+    try:
+        path = make_path(config["path"])
+    except ValueError as err:
+        raise CheckpointError(f"{file} has an unusable path in its config: {err}") from None
+    target, t_min = config["target"], config["t_min"]
+    if target not in TARGETS:
+        raise CheckpointError(f"{file} has an unknown target {target!r} in its config; valid: {', '.join(TARGETS)}")
+    if isinstance(t_min, bool) or not isinstance(t_min, (int, float)) or not real_in("t_min", t_min, 0, 1) \
+            or t_min == 1:
+        raise CheckpointError(f"{file} has t_min = {t_min!r} in its config; it must be a number in [0, 1)")
+    return path, target, float(t_min), config["model"]["dim"]
 
 
 def _sample(args) -> int:
-    if args.out.suffix.lower() not in SAMPLE_FORMATS:
-        raise ValueError(f"cannot write samples to {args.out}: use one of {', '.join(SAMPLE_FORMATS)}")
-    if args.n < 1 or args.steps < 1:
-        raise ValueError(f"--n and --steps must be positive; got {args.n} and {args.steps}")
-    if args.method not in ODE_METHODS:
-        raise ValueError(f"unknown method {args.method!r}; valid methods: {', '.join(ODE_METHODS)}")
-    model, config = load_checkpoint(args.checkpoint, which=args.weights)
-    missing = [k for k in ("path", "target", "t_min") if k not in config]
-    if missing or "dim" not in config["model"]:
-        raise CheckpointError(f"{args.checkpoint} cannot be sampled here: its config lacks "
-                              f"{missing or ['model.dim']} (write it with `{PROG} train` or fit)")
-    path, target, t_min = make_path(config["path"]), config["target"], float(config["t_min"])
-    t_start = _start_time(path, target, t_min)
-    generator = torch.Generator().manual_seed(args.seed)
-    x = float(path.sigma(t_start)) * torch.randn(args.n, config["model"]["dim"], generator=generator)
+    _check_sample_args(args)
+    with _output(args.out) as out:  # a file that cannot be written fails here, before any work
+        model, config = load_checkpoint(args.checkpoint, which=args.weights)
+        path, target, t_min, dim = _sampling_config(args.checkpoint, config)
+        t_start, t_end = _time_range(path, target, t_min)
 
-    def velocity(x, t):
-        return convert(model(x, t), target, "velocity", x, t, path)
+        def velocity(x, t):
+            prediction = model(x, t)
+            if not bool(torch.isfinite(prediction).all()):
+                raise CheckpointError(f"the model in {args.checkpoint} predicts NaN or infinite values at t = "
+                                      f"{float(t):.3g}; nothing was written (retrain it)")
+            try:
+                return convert(prediction, target, "velocity", x, t, path)
+            except ValueError as err:  # its predictions overflow on the way to the velocity
+                raise CheckpointError(f"sampling the model in {args.checkpoint} failed: {err}; nothing was "
+                                      "written (retrain it)") from None
 
-    # the adaptive solver picks its own steps: its grid only says where to report x
-    grid = [t_start, t_min] if args.method == "adaptive" else time_grid(args.steps, t_start, t_min)
-    with torch.no_grad():
-        x = sample_ode(velocity, x, grid, method=args.method)
-    _write_samples(x.numpy(), args.out, title=f"{config['model']['class']}, {path.name}, {target}")
+        # the adaptive solver picks its own steps: its grid only says where to report x
+        grid = [t_start, t_end] if args.method == "adaptive" else time_grid(args.steps, t_start, t_end)
+        x = _integrate(velocity, path, t_start, (args.n, dim), grid, args)
+        bad = int((~torch.isfinite(x)).any(dim=1).sum())
+        if bad:
+            raise CheckpointError(f"the model in {args.checkpoint} gave NaN or infinite values for {bad} of {args.n} "
+                                  f"samples ({args.method}, {args.steps} steps from t = {t_start:g} to {t_end:g}); "
+                                  "nothing was written: try more --steps, or retrain the model")
+        _write_samples(x.numpy(), out, args.out.suffix.lower(),
+                       title=f"{config['model']['class']}, {path.name}, {target}")
     print(f"wrote {args.n} samples to {args.out}")
     return 0
 
 
-def _write_samples(samples: np.ndarray, out: FilePath, title: str) -> None:
-    """samples [n, d] to .npz (array "samples") or a scatter plot of the first two coordinates."""
+def _integrate(velocity, path, t_start: float, shape: tuple, grid, args) -> torch.Tensor:
+    """x(t_end) [n, dim] from x(t_start) ~ N(0, sigma(t_start)^2 I), in chunks of CHUNK samples; a failed
+    allocation is a ValueError naming --n."""
+    generator = torch.Generator().manual_seed(args.seed)
+    try:
+        x = float(path.sigma(t_start)) * torch.randn(shape, generator=generator)
+        with torch.no_grad():
+            return torch.cat([sample_ode(velocity, chunk, grid, method=args.method) for chunk in x.split(CHUNK)])
+    except (MemoryError, RuntimeError) as err:  # the CPU allocator raises RuntimeError("... can't allocate ...")
+        if isinstance(err, RuntimeError) and "alloc" not in str(err).lower():
+            raise
+        raise ValueError(f"not enough memory to sample --n {args.n} points of dimension {shape[1]}; "
+                         "use a smaller --n") from None
+
+
+@contextlib.contextmanager
+def _output(out: FilePath):
+    """An open temporary file beside `out`, renamed to `out` when the block succeeds and deleted when it fails."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".npz":
-        np.savez(out, samples=samples)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as err:
+        raise OSError(f"cannot write to the folder of --out {out}: {err.strerror or err}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    finally:
+        FilePath(tmp).unlink(missing_ok=True)
+
+
+def _write_samples(samples: np.ndarray, f, suffix: str, title: str) -> None:
+    """samples [n, d] to the open file f: .npz (array "samples") or a scatter plot of the first two coordinates."""
+    if suffix == ".npz":
+        np.savez(f, samples=samples)
         return
     from matplotlib.figure import Figure  # no pyplot: no global backend, works headless
 
@@ -187,7 +282,27 @@ def _write_samples(samples: np.ndarray, out: FilePath, title: str) -> None:
     ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5)
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
-    fig.savefig(out, dpi=150, bbox_inches="tight")
+    fig.savefig(f, format=suffix[1:], dpi=150, bbox_inches="tight")
+
+
+def _interrupted(args, interrupt: KeyboardInterrupt) -> str:
+    """The line printed on Ctrl-C: for `train`, whether running it again resumes, and from which step."""
+    if args.command != "train":
+        return f"{PROG}: interrupted"
+    partial = getattr(interrupt, "resume_checkpoint", None)
+    try:
+        step = read_checkpoint(partial)["resume"]["step"] if partial is not None else None
+    except (CheckpointError, KeyError, TypeError):
+        step = None
+    if step is None:
+        return (f"{PROG}: interrupted before the first resume checkpoint (written after 10% of the steps and at "
+                "least 30 s, or every N steps with --checkpoint-every N); the same command starts again from step 0")
+    return f"{PROG}: interrupted; run the same command again to resume from its resume checkpoint at step {step}"
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, without the line of source Python would print under them."""
+    print(f"{PROG}: warning: " + " ".join(str(message).split()), file=sys.stderr if file is None else file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,13 +311,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["bench"]:  # everything after it belongs to the benchmarks' own parser
         return _bench(argv[1:])
     args = _parser().parse_args(argv)
-    try:
-        return args.run(args)
-    except (ValueError, CheckpointError, TrainingError, OSError) as err:
-        print(f"{PROG}: error: " + " ".join(str(err).split()), file=sys.stderr)
-        return 2 if isinstance(err, ValueError) else 1
-    except KeyboardInterrupt:
-        hint = "; run the same command again to resume from its last resume checkpoint" if args.command == "train" \
-            else ""
-        print(f"{PROG}: interrupted{hint}", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # restores the usual warning display when main returns
+        warnings.showwarning = _show_warning
+        try:
+            return args.run(args)
+        except (ValueError, CheckpointError, TrainingError, OSError) as err:
+            print(f"{PROG}: error: " + " ".join(str(err).split()), file=sys.stderr)
+            return 2 if isinstance(err, ValueError) else 1
+        except KeyboardInterrupt as interrupt:
+            print(_interrupted(args, interrupt), file=sys.stderr)
+            return 130

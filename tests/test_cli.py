@@ -86,7 +86,7 @@ BAD_NAMES = [  # (argv, one more environment variable or None, what the one line
      "unknown dataset 'spiral'; valid datasets: moons, swiss_roll, checkerboard, rings, 8gaussians, gmm2"),
     (["train", "--data", "moons", "--target", "noise"], None,
      "unknown target 'noise'; valid targets: eps, x0, score, velocity"),
-    (["train", "--data", "moons", "--path", "edm"], None, "unknown path 'edm'; valid paths: vp, subvp, ve, rf, cosine"),
+    (["train", "--data", "moons", "--path", "ddpm"], None, "unknown path 'ddpm'; valid paths: vp, subvp, ve, rf, cosine, edm"),
     (["train", "--data", "moons", "--budget", "huge"], None, "unknown budget 'huge'; valid budgets: smoke, laptop, gpu"),
     (["train", "--data", "moons"], ("DIFFUSION_LESSONS_BUDGET", "tiny"),
      "unknown budget 'tiny' in $DIFFUSION_LESSONS_BUDGET; valid budgets: smoke, laptop, gpu"),
