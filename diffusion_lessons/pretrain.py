@@ -1,12 +1,16 @@
 """Train every recipe into the cache, then say how each did: `diffusion-lessons pretrain`.
 
-    diffusion-lessons pretrain [--budget smoke|laptop|gpu] [--only NAME ...] [--list]
+    diffusion-lessons pretrain [--budget smoke|laptop|gpu] [--only NAME ...] [--list] [--ship]
 
-Each recipe (recipes.py) is trained with `fit` (a progress bar per model; a model already in the
+Each recipe (the recipes package) is trained with `fit` (a progress bar per model; a model already in the
 cache is loaded instead) and measured against a known answer (recipes.evaluate). The summary table
 gives, per model: the device, the training steps, the seconds spent (training, or loading from the
 cache), the final logged loss, the quality figure (sliced W2 or Fréchet distance, with its floor: the
 same figure between two sets of real data) and whether the model came from the cache.
+
+With --ship it also writes the shipped weights (shipped.py): every recipe that ships (or those named
+by --only) into diffusion_lessons/weights/, with MANIFEST.json, and says for each whether its claim
+(its quality against the moment-matched Gaussian's) holds; the exit status is 1 when one does not.
 """
 from __future__ import annotations
 
@@ -17,11 +21,11 @@ import time
 
 from tqdm.auto import tqdm
 
-from . import recipes
+from . import recipes, shipped
 from .budget import resolve
 from .training import TrainingError
 
-__all__ = ["Row", "pretrain", "format_table", "list_recipes"]
+__all__ = ["Row", "format_table", "list_recipes", "pretrain", "ship"]
 
 
 @dataclasses.dataclass
@@ -90,3 +94,43 @@ def list_recipes() -> str:
     """One line per recipe: its name and description."""
     width = max(map(len, recipes.names()))
     return "\n".join(f"{name.ljust(width)}  {recipes.describe(name)}" for name in recipes.names())
+
+
+def ship(names: list[str] | None = None, budget: str | None = None, folder=None, progress: bool = True) -> list[Row]:
+    """Write the shipped weights of `names` (default: every recipe that ships, replacing the whole set) at
+    `budget` into `folder` (default: diffusion_lessons/weights) and update its manifest; one Row each,
+    whose source is "shipped", "claim fails" or "failed" (a training error: nothing written for it)."""
+    budget = resolve(budget)
+    folder = folder or shipped.WEIGHTS_DIR
+    everything = not names
+    names = recipes.shipped_names() if everything else [recipes.get(name).name for name in names]
+    old = shipped.read_manifest(folder)
+    entries = {} if everything else dict(old)
+    rows = []
+    for i, name in enumerate(names, 1):
+        if progress:
+            tqdm.write(f"[{i}/{len(names)}] shipping {name} ({budget}): {recipes.describe(name)}", file=sys.stderr)
+        try:
+            entry = shipped.ship_recipe(name, budget, folder, progress)
+        except TrainingError as err:
+            rows.append(Row(name, source="failed", error=" ".join(str(err).split())))
+            continue
+        before = old.get(name) or {}
+        if entry["seconds"] is None and before.get("config") == entry["config"]:  # from the cache: keep the time
+            entry.update(seconds=before.get("seconds"), device=before.get("device", entry["device"]))
+        entries[name] = entry
+        rows.append(_ship_row(entry))
+    for stale in set(old) - set(entries):  # recipes that no longer ship: their files go
+        (folder / old[stale]["file"]).unlink(missing_ok=True)
+    shipped.write_manifest(entries, folder)
+    return rows
+
+
+def _ship_row(entry: dict) -> Row:
+    claim = recipes.get(entry["recipe"]).claim
+    quality = recipes.Quality(**entry["quality"]) if entry["quality"] else None
+    holds, line = claim.check(quality) if claim and quality else (True, "no claim")
+    return Row(entry["recipe"], device=entry["device"], steps=entry["config"].get("steps"),
+               seconds=math.nan if entry["seconds"] is None else entry["seconds"],
+               loss=math.nan, quality=f"{quality} {entry['dtype']} {entry['bytes'] / 1024:.0f} KiB" if quality else "—",
+               source="shipped" if holds else "claim fails", error="" if holds else f"claim fails: {line}")

@@ -1,144 +1,70 @@
-"""Recipes: each chapter recipe makes the very `fit` call its notebook makes (same cache file), at smoke.
-
-The notebook side runs a backward slice of the chapter: its first code cell, every top-level statement
-that calls `fit`, and the earlier statements those need (found from the names they read and write);
-`fit` runs up to the point where it names its cache file, which is recorded, and stops there. The
-recipe side calls recipes.train the same way. Nothing trains.
+"""Recipes: chapters load every trained model through dl.pretrained (never a fit call of their own), by the
+name of a registered recipe, and every chapter recipe is loaded by some chapter.
 """
 import ast
-import builtins
 import re
 from pathlib import Path as FilePath
 
 import pytest
 import torch
 
-import diffusion_lessons as dl
-from diffusion_lessons import recipes, training
+from diffusion_lessons import recipes
 
 nbformat = pytest.importorskip("nbformat")
 
+PRETRAINED = re.compile(r'pretrained\(\\?"([\w.-]+)\\?"')
 NOTEBOOKS = sorted((FilePath(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-CALLS_FIT = re.compile(r"\bfit\(")
-REAL_FIT = training.fit
 
 
-class _Named(Exception):
-    """Raised by the recording _cache_file: fit has named its cache file; stop before training."""
+def _code_cells(notebook) -> list[str]:
+    return [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
 
 
-def _recording(monkeypatch, files: list, cache) -> None:
-    """Make every fit call append its cache-file name to `files`, then stop (raise _Named)."""
-    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(cache))
-    monkeypatch.setenv("DIFFUSION_LESSONS_BUDGET", "smoke")
-    real = training._cache_file
-
-    def record(config, name):
-        files.append(real(config, name).name)
-        raise _Named
-
-    monkeypatch.setattr(training, "_cache_file", record)
+def _fit_calls(source: str) -> int:
+    """How many calls of a function named `fit` the code makes (comments and strings do not count)."""
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+    tree = ast.parse("\n".join(lines))
+    return sum(1 for node in ast.walk(tree) if isinstance(node, ast.Call)
+               and getattr(node.func, "attr", getattr(node.func, "id", None)) == "fit")
 
 
-@pytest.fixture
-def recorded(monkeypatch, tmp_path):
-    """A list that collects the cache-file name of every fit call made while the test runs."""
-    files = []
-    _recording(monkeypatch, files, tmp_path)
-    return files
+def test_no_chapter_trains_a_network_itself():
+    """Every trained model of a chapter comes through dl.pretrained (shipped weights, or its recipe at the
+    current budget): a `fit` call in a chapter's code would retrain on every book build."""
+    fitting = {nb.name: n for nb in NOTEBOOKS if (n := sum(_fit_calls(c) for c in _code_cells(nb)))}
+    assert not fitting, f"chapters that call fit themselves: {fitting}; make the model a recipe and load it " \
+                        f"with dl.pretrained(name)"
 
 
-@pytest.fixture(scope="module")
-def recipe_files(tmp_path_factory):
-    """{recipe: the cache-file name its fit call gets at smoke}, for every chapter recipe."""
-    files, out = [], {}
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        _recording(monkeypatch, files, tmp_path_factory.mktemp("cache"))
-        for name in recipes.names():
-            if name.startswith("ch"):
-                with pytest.raises(_Named):
-                    recipes.train(name, budget="smoke", progress=False)
-                assert torch.get_default_dtype() == torch.float32  # the recipe restored it
-                out[name] = files.pop()
-    return out
+SHOWN_FIT = re.compile(r'#\s*(?:dl\.)?fit\(.*\bname=\\?"([\w.-]+)\\?"')
 
 
-def _fit_that_stops(model, *args, **kwargs):
-    """fit up to the cache key; then a stand-in result so the rest of the statement runs."""
-    try:
-        REAL_FIT(model, *args, **kwargs)
-    except _Named:
-        pass
-    history = {"step": [1], "loss": [0.0]}
-    return training.FitResult(model, model, history, None, 0.0, True, None)
+def test_the_fit_calls_a_chapter_shows_are_the_recipes_it_loads():
+    """The fit call a chapter shows its reader (as a comment beside dl.pretrained) names a registered recipe,
+    and the chapter loads that very recipe."""
+    shown = {nb.name: SHOWN_FIT.findall(nb.read_text()) for nb in NOTEBOOKS}
+    assert any(shown.values()), "no chapter shows the fit call behind its models"
+    for name, models in shown.items():
+        loaded = set(PRETRAINED.findall((NOTEBOOKS[0].parent / name).read_text()))
+        for model in models:
+            assert model in recipes.names(), f"{name} shows fit(..., name={model!r}), which is not a recipe"
+            assert model in loaded, f"{name} shows the fit call of {model!r} but does not load it with dl.pretrained"
 
 
-def _binds(stmt) -> set:
-    """The names a top-level statement binds; a def or class binds its own name only."""
-    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
-        return {a.asname or a.name.split(".")[0] for a in stmt.names}
-    if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
-        return {stmt.name}
-    return {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+def _named_in_loading_cells(notebook) -> list[str]:
+    """Recipe names written as string literals in a code cell that calls pretrained (a loop over names)."""
+    names = set(recipes.names())
+    return [node.value for source in _code_cells(notebook) if "pretrained(" in source
+            for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Constant) and node.value in names]
 
 
-def _reads(stmt) -> set:
-    """The names a statement reads from before it: those it loads but neither binds nor takes as
-    arguments (a loop variable, a comprehension's, a function's locals). A statement that rebinds a
-    name it reads (x = x + 1) would lose the earlier binding: the slice then fails with a NameError."""
-    loads = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-    stores = {n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    args = {a.arg for a in ast.walk(stmt) if isinstance(a, ast.arg)}
-    return loads - stores - args - set(dir(builtins))
-
-
-def _statements(cell_source: str) -> list:
-    lines = [line for line in cell_source.splitlines() if not line.lstrip().startswith(("%", "!"))]
-    return ast.parse("\n".join(lines)).body
-
-
-def _chapter_slice(notebook) -> list:
-    """The first code cell's statements, plus a backward slice of the later ones towards every fit call."""
-    cells = [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
-    setup, later = _statements(cells[0]), [s for cell in cells[1:] for s in _statements(cell)]
-    needed, keep = set(), []
-    for stmt in reversed(later):
-        source = ast.unparse(stmt)
-        if CALLS_FIT.search(source) or _binds(stmt) & needed:
-            keep.append(stmt)
-            needed = (needed - _binds(stmt)) | _reads(stmt)
-    return setup + keep[::-1]
-
-
-def _notebook_fit_files(notebook, recorded, monkeypatch) -> list:
-    monkeypatch.setattr(dl, "fit", _fit_that_stops)
-    monkeypatch.setattr(training, "fit", _fit_that_stops)  # `from diffusion_lessons.training import fit`
-    before, threads = torch.get_default_dtype(), torch.get_num_threads()
-    namespace = {"__name__": "__main__"}
-    try:
-        for stmt in _chapter_slice(notebook):
-            exec(compile(ast.Module([stmt], type_ignores=[]), str(notebook), "exec"), namespace)
-    finally:
-        torch.set_default_dtype(before)
-        torch.set_num_threads(threads)
-    files = list(recorded)
-    recorded.clear()
-    return files
-
-
-@pytest.mark.parametrize("notebook", [nb for nb in NOTEBOOKS if CALLS_FIT.search(nb.read_text())],
-                         ids=lambda nb: nb.stem[:2])
-def test_every_fit_of_a_chapter_is_a_recipe_with_the_same_cache_file(notebook, recipe_files, recorded, monkeypatch):
-    chapter = notebook.stem[:2]
-    in_notebook = _notebook_fit_files(notebook, recorded, monkeypatch)
-    assert in_notebook, f"found no fit call to check in {notebook.name}"
-    mine = {name: f for name, f in recipe_files.items() if name.startswith(f"ch{chapter}-")}
-    # every fit the chapter makes is some recipe's (chapter 3 reuses chapter 2's eps model)
-    missing = [f for f in in_notebook if f not in recipe_files.values()]
-    assert not missing, f"{notebook.name} trains {missing}, which no recipe makes; recipes make {recipe_files}"
-    # and every recipe of this chapter is a fit the chapter makes
-    unused = {name: f for name, f in mine.items() if f not in in_notebook}
-    assert not unused, f"recipes {unused} make cache files that {notebook.name} does not load ({in_notebook})"
+def test_every_pretrained_model_of_a_chapter_is_a_recipe_and_every_recipe_is_used():
+    """Chapters that load their models with dl.pretrained("name") name registered recipes, and every
+    chapter recipe is loaded by some chapter."""
+    used = {name for nb in NOTEBOOKS for name in PRETRAINED.findall(nb.read_text()) + _named_in_loading_cells(nb)}
+    assert used and used <= set(recipes.names()), f"unknown recipes: {used - set(recipes.names())}"
+    orphans = [name for name in recipes.names() if name.startswith("ch") and name not in used]
+    assert not orphans, f"recipes no chapter loads: {orphans}"
 
 
 def test_registry_names_descriptions_and_errors():
