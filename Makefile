@@ -1,6 +1,8 @@
 # make test         : create .venv if needed, install the project, run the unit tests and the notebooks (nbval)
 # make book         : create .venv if needed, install, fetch the vendored JavaScript once (needs npm), execute
-#                     every chapter and build the HTML book (_build/html), which then works with no network
+#                     every chapter and build the HTML book (_build/html), which then works with no network;
+#                     every page is rebuilt when the budget, the weights setting, the shipped weights or the
+#                     package changed since the last build (book/build_stamp.py)
 # make browser-test : open every page of the built book in headless Chromium (builds it first if missing;
 #                     needs Debian's chromium and chromium-driver)
 # make vendor       : fetch the pinned JavaScript the book serves itself into .vendor/ (book/vendor_assets.py)
@@ -30,7 +32,11 @@ test: $(STAMP)
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider
 
 book: $(STAMP) $(VENDOR)
-	$(VENV)/bin/jupyter-book build . -W -n --keep-going
+	@all=; $(PY) book/build_stamp.py check _build || { rc=$$?; [ $$rc -eq 1 ] || exit $$rc; all=--all; \
+	  $(PY) book/build_stamp.py forget _build; }; \
+	echo "$(VENV)/bin/jupyter-book build . -W -n --keep-going $$all"; \
+	$(VENV)/bin/jupyter-book build . -W -n --keep-going $$all
+	$(PY) book/build_stamp.py write _build
 
 # The browser test reads _build/html; it is deselected by `make test` (marker `browser`).
 browser-test: $(STAMP)

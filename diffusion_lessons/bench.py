@@ -5,8 +5,9 @@
 * train    -- samples/s of `dl.fit` against a plain reference loop written the way public tutorials
               write it (DataLoader over a TensorDataset with shuffle, float32, no compile, no autocast,
               plain AdamW, the loss inline), same model, data, batch size, device and steps, one run.
-* samplers -- mean ||x - x_ref|| per NFE on GMM2 with the exact score (Euler, Heun, DPM-Solver++(2M),
-              the teleport sampler), x_ref from a DOP853 solve (rtol 1e-10) of the same PF-ODE.
+* samplers -- mean ||x - x_ref|| per NFE on GMM2 with the exact score: every method of dl.sample on the
+              uniform, log-SNR and Karras grids, the NFE each needs to match 1000-step Euler, and the
+              teleport start; x_ref from a DOP853 solve (rtol 1e-10) of the same PF-ODE (bench_samplers.py).
 * memory   -- peak memory and time of a UNet training step (`fit`) against batch size and image size.
 * book     -- seconds to execute every chapter of _toc.yml at DIFFUSION_LESSONS_BUDGET=smoke on the
               CPU, each in a fresh kernel with a fresh model cache (needs nbclient). It takes longer
@@ -145,7 +146,7 @@ def _train_cases(device: torch.device, quick: bool) -> list[dict]:
 
     gpu = device.type == "cuda"
     n_moons = 4096 if quick else 2**17 if gpu else 2**15
-    moons = lambda: toy_data("moons", n_moons, torch.Generator().manual_seed(0))  # noqa: E731
+    moons = lambda: toy_data("moons", n_moons, torch.Generator().manual_seed(0))
     mlp, unet = (lambda: TimeMLP(2)), (lambda: UNet())
     if gpu:
         cases = [("TimeMLP(2), moons", mlp, moons, 512, 300), ("TimeMLP(2), moons", mlp, moons, 16384, 200),
@@ -183,71 +184,16 @@ def bench_train(device: torch.device, quick: bool) -> str:
 
 
 # -- b. sampler accuracy per NFE ------------------------------------------------------------------
-def dop853_reference(score, path, x_T: torch.Tensor, t_end: float) -> torch.Tensor:
-    """The PF-ODE dx/dt = f x - g^2/2 score from t = 1 to t_end, all points as one system, scipy DOP853
-    with rtol 1e-10, atol 1e-12, float64 on the CPU."""
-    from scipy.integrate import solve_ivp
-
-    x_T = x_T.detach().to("cpu", torch.float64)
-
-    def rhs(t, y):
-        x = torch.from_numpy(y).reshape(x_T.shape)
-        return (path.f(t) * x - 0.5 * path.g2(t) * score(x, t)).numpy().ravel()
-
-    sol = solve_ivp(rhs, (1.0, t_end), x_T.numpy().ravel(), method="DOP853", rtol=1e-10, atol=1e-12)
-    if not sol.success:
-        raise RuntimeError(f"the DOP853 reference failed: {sol.message}")
-    return torch.from_numpy(sol.y[:, -1].reshape(x_T.shape))
-
-
-def sampler_errors(nfes, n: int = 500, t_end: float = 1e-3, t_skip: float = 0.5) -> tuple[list[list], float]:
-    """Rows [NFE, Euler, Heun, Heun (log-SNR), DPM-Solver++(2M) (uniform t), (log-SNR), teleport + Heun]
-    of mean ||x - x_ref|| over n trajectories."""
-    from .closed_form import teleport_sample
-    from .distributions import Gaussian, exact_denoiser, exact_score, gmm2
-    from .paths import VP
-    from .solvers import pf_velocity, sample_dpm_solver, sample_ode, time_grid
-
-    path, data = VP(), gmm2()
-    score = exact_score(data, path)
-    velocity, denoiser = pf_velocity(score, path), exact_denoiser(data, path)
-    gaussian = Gaussian(data.mean(), data.covariance())
-    x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    start = time.perf_counter()
-    ref = dop853_reference(score, path, x_T, t_end)
-    ref_seconds = time.perf_counter() - start
-    err = lambda x: f"{float((x - ref).norm(dim=1).mean()):.2e}"  # noqa: E731
-    log_snr = lambda k, t0=1.0: time_grid(k, t0, t_end, kind="log_snr", path=path)  # noqa: E731
-    rows = []
-    for nfe in nfes:
-        half = max(nfe // 2, 1)
-        tele_grid = torch.cat([torch.ones(1, dtype=torch.float64), time_grid(half, t_skip, t_end)])
-        tele = teleport_sample(velocity, gaussian, path, x_T, t_skip, t_grid=tele_grid, method="heun")
-        assert tele.nfe == 2 * half
-        rows.append([nfe, err(sample_ode(velocity, x_T, time_grid(nfe, 1.0, t_end), "euler")),
-                     err(sample_ode(velocity, x_T, time_grid(half, 1.0, t_end), "heun")),
-                     err(sample_ode(velocity, x_T, log_snr(half), "heun")),
-                     err(sample_dpm_solver(denoiser, path, x_T, time_grid(nfe, 1.0, t_end), order=2)),
-                     err(sample_dpm_solver(denoiser, path, x_T, log_snr(nfe), order=2)), err(tele.samples)])
-    return rows, ref_seconds
-
-
 def bench_samplers(device: torch.device, quick: bool) -> str:
-    nfes, n = ((8, 16, 32), 100) if quick else ((4, 8, 16, 32, 64, 128, 256), 500)
+    """Every method of dl.sample on every grid (bench_samplers.py); CPU float64 whatever --device says."""
+    from .bench_samplers import sampler_tables
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # [500, 2] tensors: a second intra-op thread only adds contention
     try:
-        rows, ref_seconds = sampler_errors(nfes, n)
+        return sampler_tables(quick, _table)
     finally:
         torch.set_num_threads(threads)
-    note = (f"GMM2 (MATH.md §0.5), VP, exact score / denoiser, float64 on the CPU, {n} trajectories from the same "
-            f"x_T ~ N(0, I), t = 1 -> 1e-3; x_ref: scipy DOP853 rtol 1e-10 ({ref_seconds:.1f} s). Grids: uniform in t unless "
-            "marked 'log-SNR' (uniform in lambda = log(alpha/sigma), as Lu et al.); teleport: closed-form "
-            "jump 1 -> 0.5 with GMM2's Gaussian approximation, then Heun uniform in t (its error floor is the "
-            "approximation's bias, MATH.md WV-6).")
-    return _table("Sampler accuracy per NFE: mean ||x - x_ref||", [
-        "NFE", "Euler", "Heun", "Heun (log-SNR)", "DPM-Solver++(2M)", "DPM-Solver++(2M) (log-SNR)",
-        "teleport(0.5) + Heun"], rows, note)
 
 
 # -- c. memory and time of a UNet training step ---------------------------------------------------
@@ -272,7 +218,7 @@ def unet_step(size: int, batch: int, steps: int, device: torch.device) -> dict:
     from .training import fit
 
     data = digits(size)
-    call = lambda n: _timed(lambda: fit(UNet(), data, VP(), "eps", steps=n, batch_size=batch, lr=LR,  # noqa: E731
+    call = lambda n: _timed(lambda: fit(UNet(), data, VP(), "eps", steps=n, batch_size=batch, lr=LR,
                                         cache=False, progress=False, device=device), device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -394,21 +340,36 @@ def main(argv: list[str] | None = None) -> int:
         print("--device cuda: CUDA is not available here; use --device cpu", file=sys.stderr)
         return 2
     names = args.only or [b for b in BENCHES if b != "book" or args.all]
+    try:  # opened before anything runs: a file that cannot be written fails now, not after the benchmarks
+        out = open(args.out, "a") if args.out else None  # noqa: SIM115 - closed below
+    except OSError as err:
+        print(f"diffusion-lessons bench: error: cannot write --out {args.out}: {err.strerror or err}; "
+              "give a file in a folder you can write to", file=sys.stderr)
+        return 2
+    try:
+        _run(names, device, args.quick, argv, out)
+    finally:
+        if out is not None:
+            out.close()
+    return 0
+
+
+def _run(names: list[str], device: torch.device, quick: bool, argv: list[str], out) -> None:
+    """Run the benchmarks `names`, printing each table and appending it to the open file `out` (or None)."""
     started = time.perf_counter()
 
     def emit(text: str) -> None:  # printed and appended as it comes, so a run cut short keeps its tables
         print(text, flush=True)
-        if args.out:
-            with open(args.out, "a") as out:
-                out.write(text + "\n")
+        if out is not None:
+            out.write(text + "\n")
+            out.flush()
 
     emit(header(device, argv))
     for name in names:
         t0 = time.perf_counter()
-        table = RUNNERS[name](device, args.quick)
+        table = RUNNERS[name](device, quick)
         emit(table + f"\n({name}: {time.perf_counter() - t0:.1f} s)\n")
     emit(f"total wall time: {time.perf_counter() - started:.1f} s\n")
-    return 0
 
 
 if __name__ == "__main__":

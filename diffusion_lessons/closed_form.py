@@ -1,25 +1,27 @@
-"""The probability-flow ODE solved in closed form for Gaussian data (Wang & Vastola; MATH.md §2.2–2.3).
+"""The probability-flow ODE solved in closed form for Gaussian data (Wang & Vastola 2023, arXiv:2303.02490; 2024,
+arXiv:2412.09726; checks WV-1 to WV-8).
 
-For data N(mu, Sigma) with Sigma = sum_k lambda_k u_k u_k^T (zero eigenvalues allowed), and ANY path
+For data N(mu, Sigma) with Sigma = sum_k nu_k q_k q_k^T (zero eigenvalues allowed), and ANY path
 x_t = alpha_t x0 + sigma_t eps, the PF-ODE dx/dt = f x - g^2/2 score started at x_T (time T) is
 
-    x_t = alpha_t mu + sum_k psi_k(t) c_k u_k,   psi_k(t) = sqrt((sigma_t^2 + alpha_t^2 lambda_k)
-                                                                / (sigma_T^2 + alpha_T^2 lambda_k)),
-    c_k = u_k^T (x_T - alpha_T mu).
+    x_t = alpha_t mu + sum_k psi_k(t) c_k q_k,   psi_k(t) = sqrt((sigma_t^2 + alpha_t^2 nu_k)
+                                                                / (sigma_T^2 + alpha_T^2 nu_k)),
+    c_k = q_k^T (x_T - alpha_T mu).
 
-Why: with y_k = u_k^T (x - alpha_t mu) and v_k = alpha_t^2 lambda_k + sigma_t^2 the ODE gives
+Why: with y_k = q_k^T (x - alpha_t mu) and v_k = alpha_t^2 nu_k + sigma_t^2 the ODE gives
 dy_k/dt = (f + g^2 / (2 v_k)) y_k and dv_k/dt = 2 f v_k + g^2, so y_k / sqrt(v_k) is conserved.
 Each eigen-direction is rescaled independently; on ker Sigma the factor is sigma_t / sigma_T.
 
 Everything else in this module follows from that formula: the predicted endpoint along the
-trajectory, the time t* at which a component is "committed" (SNR(t*) = 1 / lambda, §2.3), the
-flow-map Jacobian U diag(psi) U^T, the gain of a perturbation, and the Gaussian-approximation
+trajectory, the time t* at which a component is "committed" (SNR(t*) = 1 / nu), the
+flow-map Jacobian Q diag(psi) Q^T, the gain of a perturbation, and the Gaussian-approximation
 ("teleport") sampler that replaces the first part of a numerical solve by the formula.
 Time convention: t = 0 data, t = 1 noise.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -27,15 +29,15 @@ from .distributions import Gaussian, GaussianMixture
 from .paths import VP, Path, as_time
 
 __all__ = [
-    "gaussian_pf_ode",
-    "gaussian_pf_endpoint",
+    "TeleportResult",
     "commitment_time",
-    "flow_map_jacobian",
-    "perturbation_gain",
     "fit_gaussian",
+    "flow_map_jacobian",
+    "gaussian_pf_endpoint",
+    "gaussian_pf_ode",
+    "perturbation_gain",
     "principal_components",
     "teleport_sample",
-    "TeleportResult",
 ]
 
 
@@ -58,19 +60,19 @@ def _coeffs(path: Path, t) -> tuple[torch.Tensor, torch.Tensor]:
     return path.alpha(t).double(), path.sigma(t).double()
 
 
-def _psi(lam: torch.Tensor, path: Path, t_from, t_to) -> torch.Tensor:
-    """psi_k = sqrt(v_k(t_to) / v_k(t_from)), v_k = sigma^2 + alpha^2 lambda_k; shape [*t_to.shape, D], float64.
+def _psi(nu: torch.Tensor, path: Path, t_from, t_to) -> torch.Tensor:
+    """psi_k = sqrt(v_k(t_to) / v_k(t_from)), v_k = sigma^2 + alpha^2 nu_k; shape [*t_to.shape, D], float64.
 
     A direction with v_k(t_from) = 0 (no variance and no noise: sigma(t_from) = 0 on ker Sigma) is a
     fixed point only if it stays at zero noise; flowing it to a noisier time is undefined.
     """
-    lam = lam.detach().to("cpu", torch.float64)
+    nu = nu.detach().to("cpu", torch.float64)
     a0, s0 = _coeffs(path, t_from)
     if a0.dim() != 0:
         raise ValueError(f"t_from must be a single time; got shape {list(a0.shape)}")
     a1, s1 = _coeffs(path, t_to)
-    v0 = s0**2 + a0**2 * lam  # [D]
-    v1 = s1[..., None] ** 2 + a1[..., None] ** 2 * lam  # [..., D]
+    v0 = s0**2 + a0**2 * nu  # [D]
+    v1 = s1[..., None] ** 2 + a1[..., None] ** 2 * nu  # [..., D]
     singular = v0 == 0
     if bool(singular.any()):
         if bool((v1[..., singular] > 0).any()):
@@ -94,85 +96,85 @@ def _flatten(x: torch.Tensor, dim: int, who: str) -> torch.Tensor:
 
 # -- the closed form -------------------------------------------------------------------------------
 def gaussian_pf_ode(gaussian: Gaussian, path: Path, x_T: torch.Tensor, t_from, t_to) -> torch.Tensor:
-    """Closed-form PF-ODE solution for Gaussian data, any path (MATH.md §2.2):
+    """Closed-form PF-ODE solution for Gaussian data, any path (Wang & Vastola 2023; check WV-1):
 
-        x_t = alpha_t mu + U diag(psi(t)) U^T (x_T - alpha_T mu),
-        psi_k(t) = sqrt((sigma_t^2 + alpha_t^2 lambda_k) / (sigma_T^2 + alpha_T^2 lambda_k)),
+        x_t = alpha_t mu + Q diag(psi(t)) Q^T (x_T - alpha_T mu),
+        psi_k(t) = sqrt((sigma_t^2 + alpha_t^2 nu_k) / (sigma_T^2 + alpha_T^2 nu_k)),
 
     with T = t_from (the time of x_T) and t = t_to, either direction in time. Zero-variance
-    directions (lambda_k = 0) scale by sigma_t / sigma_T.
+    directions (nu_k = 0) scale by sigma_t / sigma_T.
 
     gaussian: dl.Gaussian of dimension D; x_T: [N, D] or [N, ...] with D features (images are
     flattened and reshaped back); t_from: float; t_to: float -> [N, ...], or 1-D tensor [M] of
     times -> trajectory [M, N, ...]. Computed in x_T's dtype and on its device.
     """
-    mu, lam, U = _eigen(gaussian)
+    mu, nu, Q = _eigen(gaussian)
     flat = _flatten(x_T, gaussian.dim, "gaussian_pf_ode")
     t_to_tensor = as_time(t_to) if not isinstance(t_to, torch.Tensor) else t_to
     if t_to_tensor.dim() > 1:
         raise ValueError(f"t_to must be a float or a 1-D tensor of times; got shape {list(t_to_tensor.shape)}")
-    psi = _psi(lam, path, t_from, t_to_tensor)  # [D] or [M, D]
+    psi = _psi(nu, path, t_from, t_to_tensor)  # [D] or [M, D]
     a0, _ = _coeffs(path, t_from)
     a1, _ = _coeffs(path, t_to_tensor)
-    kw = dict(dtype=flat.dtype, device=flat.device)
-    mu, U, psi, a1 = mu.to(**kw), U.to(**kw), psi.to(**kw), a1.to(**kw)
-    c = (flat - float(a0) * mu) @ U  # [N, D] coordinates in the eigenbasis
+    kw = {"dtype": flat.dtype, "device": flat.device}
+    mu, Q, psi, a1 = mu.to(**kw), Q.to(**kw), psi.to(**kw), a1.to(**kw)
+    c = (flat - float(a0) * mu) @ Q  # [N, D] coordinates in the eigenbasis
     if psi.dim() == 1:
-        return (a1 * mu + (c * psi) @ U.T).reshape(x_T.shape)
-    out = a1[:, None, None] * mu + (c[None] * psi[:, None, :]) @ U.T  # [M, N, D]
+        return (a1 * mu + (c * psi) @ Q.T).reshape(x_T.shape)
+    out = a1[:, None, None] * mu + (c[None] * psi[:, None, :]) @ Q.T  # [M, N, D]
     return out.reshape(psi.shape[0], *x_T.shape)
 
 
 def gaussian_pf_endpoint(gaussian: Gaussian, path: Path, x_t: torch.Tensor, t) -> torch.Tensor:
-    """Predicted endpoint x0_hat = E[x0 | x_t] for Gaussian data (Tweedie; MATH.md §2.2):
+    """Predicted endpoint x0_hat = E[x0 | x_t] for Gaussian data (Tweedie; Wang & Vastola 2023):
 
-        x0_hat = mu + U diag(alpha_t lambda_k / (alpha_t^2 lambda_k + sigma_t^2)) U^T (x_t - alpha_t mu).
+        x0_hat = mu + Q diag(alpha_t nu_k / (alpha_t^2 nu_k + sigma_t^2)) Q^T (x_t - alpha_t mu).
 
-    Along a closed-form trajectory this is mu + sum_k alpha_t lambda_k / sqrt(v_k(t) v_k(T)) c_k u_k.
+    Along a closed-form trajectory this is mu + sum_k alpha_t nu_k / sqrt(v_k(t) v_k(T)) c_k q_k.
     x_t: [N, D] or [N, ...]; t: float or tensor [N]. Zero-variance directions give mu's component
     (also at t = 0, the data limit). Returns a tensor like x_t.
     """
-    mu, lam, U = _eigen(gaussian)
+    mu, nu, Q = _eigen(gaussian)
     flat = _flatten(x_t, gaussian.dim, "gaussian_pf_endpoint")
     a, s = _coeffs(path, t)
     if a.dim() == 1 and a.shape[0] != flat.shape[0]:
         raise ValueError(f"t must be a float or a tensor [N] = [{flat.shape[0]}]; got shape {list(a.shape)}")
     a, s = a.reshape(-1, 1), s.reshape(-1, 1)
-    lam64 = lam.detach().to("cpu", torch.float64)
-    den = a**2 * lam64 + s**2
-    gain = torch.where(lam64 > 0, a * lam64 / torch.where(den > 0, den, 1.0), torch.zeros_like(den))
-    kw = dict(dtype=flat.dtype, device=flat.device)
-    mu, U, gain, a = mu.to(**kw), U.to(**kw), gain.to(**kw), a.to(**kw)
-    return (mu + ((flat - a * mu) @ U * gain) @ U.T).reshape(x_t.shape)
+    nu64 = nu.detach().to("cpu", torch.float64)
+    den = a**2 * nu64 + s**2
+    gain = torch.where(nu64 > 0, a * nu64 / torch.where(den > 0, den, 1.0), torch.zeros_like(den))
+    kw = {"dtype": flat.dtype, "device": flat.device}
+    mu, Q, gain, a = mu.to(**kw), Q.to(**kw), gain.to(**kw), a.to(**kw)
+    return (mu + ((flat - a * mu) @ Q * gain) @ Q.T).reshape(x_t.shape)
 
 
 def flow_map_jacobian(gaussian: Gaussian, path: Path, t_from, t_to) -> torch.Tensor:
-    """Jacobian of the flow map x_T -> x_t: d x_t / d x_T = U diag(psi(t)) U^T (MATH.md §2.2).
+    """Jacobian of the flow map x_T -> x_t: d x_t / d x_T = Q diag(psi(t)) Q^T (Wang & Vastola 2023).
 
     t_from: float; t_to: float -> [D, D], or 1-D tensor [M] -> [M, D, D]. Same dtype/device as the Gaussian.
     """
-    _, lam, U = _eigen(gaussian)
+    _, nu, Q = _eigen(gaussian)
     t_to = t_to if isinstance(t_to, torch.Tensor) else as_time(t_to)
-    psi = _psi(lam, path, t_from, t_to).to(dtype=U.dtype, device=U.device)
-    return (U * psi[..., None, :]) @ U.T
+    psi = _psi(nu, path, t_from, t_to).to(dtype=Q.dtype, device=Q.device)
+    return (Q * psi[..., None, :]) @ Q.T
 
 
 def perturbation_gain(gaussian: Gaussian, path: Path, t) -> torch.Tensor:
-    """Gain on the final sample of a perturbation along u_k at time t (MATH.md §2.3):
+    """Gain on the final sample of a perturbation along q_k at time t (Wang & Vastola 2023; check WV-7):
 
-        d x_0 / d x_t |_{u_k} = psi_k(0) / psi_k(t) = sqrt((sigma_0^2 + alpha_0^2 lambda_k) / (sigma_t^2 + alpha_t^2 lambda_k))
+        d x_0 / d x_t |_{q_k} = psi_k(0) / psi_k(t) = sqrt((sigma_0^2 + alpha_0^2 nu_k) / (sigma_t^2 + alpha_t^2 nu_k))
 
-    (= sqrt(lambda_k / (sigma_t^2 + alpha_t^2 lambda_k)) when alpha_0 = 1, sigma_0 = 0). Off-support
-    directions (lambda_k = 0) are erased: gain 0 for t > 0. Ordered like `gaussian.eigen` (ascending
+    (= sqrt(nu_k / (sigma_t^2 + alpha_t^2 nu_k)) when alpha_0 = 1, sigma_0 = 0). Off-support
+    directions (nu_k = 0) are erased: gain 0 for t > 0. Ordered like `gaussian.eigen` (ascending
     eigenvalues). t: float -> [D]; 1-D tensor [M] -> [M, D] (float64).
     """
-    _, lam, _ = _eigen(gaussian)
+    _, nu, _ = _eigen(gaussian)
     t = t if isinstance(t, torch.Tensor) else as_time(t)
-    lam = lam.detach().to("cpu", torch.float64)
+    nu = nu.detach().to("cpu", torch.float64)
     a, s = _coeffs(path, t)
     a0, s0 = _coeffs(path, 0.0)
-    den = s[..., None] ** 2 + a[..., None] ** 2 * lam
-    num = (s0**2 + a0**2 * lam).expand_as(den)
+    den = s[..., None] ** 2 + a[..., None] ** 2 * nu
+    num = (s0**2 + a0**2 * nu).expand_as(den)
     return torch.where(den > 0, torch.sqrt(num / torch.where(den > 0, den, 1.0)), torch.ones_like(den))
 
 
@@ -181,36 +183,36 @@ def _is_song_vp(path: Path) -> bool:
     return isinstance(path, VP) and type(path).alpha is VP.alpha and type(path).sigma is VP.sigma
 
 
-def commitment_time(lam, path: Path) -> torch.Tensor:
-    """Time t* at which a component of variance lambda is committed: alpha^2 lambda = sigma^2, i.e.
-    SNR(t*) = 1 / lambda (MATH.md §2.3, "outline first, details later").
+def commitment_time(nu, path: Path) -> torch.Tensor:
+    """Time t* at which a component of variance nu is committed: alpha^2 nu = sigma^2, i.e.
+    SNR(t*) = 1 / nu (Wang & Vastola 2023, "outline first, details later"; check WV-5).
 
-    Song's VP (SNR = 1 / (e^B - 1)) gives B(t*) = log(1 + lambda), solved exactly:
-        t* = [-beta_min + sqrt(beta_min^2 + 2 (beta_max - beta_min) log(1 + lambda))] / (beta_max - beta_min);
+    Song's VP (SNR = 1 / (e^B - 1)) gives B(t*) = log(1 + nu), solved exactly:
+        t* = [-beta_min + sqrt(beta_min^2 + 2 (beta_max - beta_min) log(1 + nu))] / (beta_max - beta_min);
     any other path: bisection on log SNR (assumed decreasing in t) to float64 resolution.
-    A component already committed at t = 1 gets t* = 1; lambda = 0 gets t* = 0.
-    lam: float or tensor of any shape (>= 0) -> float64 tensor of that shape.
+    A component already committed at t = 1 gets t* = 1; nu = 0 gets t* = 0.
+    nu: float or tensor of any shape (>= 0) -> float64 tensor of that shape.
     """
-    lam = torch.as_tensor(lam, dtype=torch.float64).detach().cpu()
-    if bool((lam < 0).any()) or bool(torch.isnan(lam).any()):
-        raise ValueError("variances lambda must be >= 0")
+    nu = torch.as_tensor(nu, dtype=torch.float64).detach().cpu()
+    if bool((nu < 0).any()) or bool(torch.isnan(nu).any()):
+        raise ValueError("variances nu must be >= 0")
     if _is_song_vp(path):
         b0, b1 = path.beta_min, path.beta_max
-        B = torch.log1p(lam)
+        B = torch.log1p(nu)
         if b1 == b0:
             t = B / b0
         else:
             t = (-b0 + torch.sqrt(b0**2 + 2 * (b1 - b0) * B)) / (b1 - b0)
         return t.clamp(0.0, 1.0)
-    target = -torch.log(lam)  # log SNR(t*) = -log(lambda); +inf for lambda = 0
-    lo, hi = torch.zeros_like(lam), torch.ones_like(lam)
+    target = -torch.log(nu)  # log SNR(t*) = -log(nu); +inf for nu = 0
+    lo, hi = torch.zeros_like(nu), torch.ones_like(nu)
     for _ in range(64):
         mid = 0.5 * (lo + hi)
-        too_clean = path.log_snr(mid) > target  # SNR still above 1/lambda: t* is later
+        too_clean = path.log_snr(mid) > target  # SNR still above 1/nu: t* is later
         lo, hi = torch.where(too_clean, mid, lo), torch.where(too_clean, hi, mid)
     t = 0.5 * (lo + hi)
-    t = torch.where(path.log_snr(torch.ones_like(lam)) >= target, torch.ones_like(t), t)
-    return torch.where(lam == 0, torch.zeros_like(t), t)
+    t = torch.where(path.log_snr(torch.ones_like(nu)) >= target, torch.ones_like(t), t)
+    return torch.where(nu == 0, torch.zeros_like(t), t)
 
 
 # -- the data's Gaussian approximation -------------------------------------------------------------
@@ -241,9 +243,9 @@ def fit_gaussian(data: torch.Tensor, rank: int | None = None, dtype=torch.float6
 
 def principal_components(gaussian: Gaussian, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(variances [k], directions [D, k] as columns) of the top k principal components, largest first."""
-    _, lam, U = _eigen(gaussian)
+    _, nu, Q = _eigen(gaussian)
     k = gaussian.dim if k is None else int(k)
-    return lam.flip(0)[:k], U.flip(1)[:, :k]
+    return nu.flip(0)[:k], Q.flip(1)[:, :k]
 
 
 # -- the teleport sampler --------------------------------------------------------------------------
@@ -259,7 +261,7 @@ _EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
 
 def teleport_sample(velocity: Callable, gaussian: Gaussian, path: Path, x_T: torch.Tensor, t_skip: float,
                     n_steps: int | None = None, t_grid=None, method: str = "heun") -> TeleportResult:
-    """Gaussian-approximation ("teleport") sampler (MATH.md §2.3; Wang & Vastola 2023, 2024).
+    """Gaussian-approximation ("teleport") sampler (Wang & Vastola 2024, arXiv:2412.09726; check WV-6).
 
     The plain sampler integrates dx/dt = velocity(x, t) along t_grid (default dl.time_grid(n_steps),
     1 -> 1e-3). Here, x_T (at t_grid[0]) is first moved to t_skip in closed form with the data's

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["digits", "procedural_images", "PROCEDURAL_FAMILIES", "load_mnist", "image_data", "IMAGE_DATASETS", "DIGIT_SIZES"]
+__all__ = ["digits", "digit_levels", "dequantise", "procedural_images", "PROCEDURAL_FAMILIES", "load_mnist", "image_data",
+           "IMAGE_DATASETS", "DIGIT_SIZES"]
 
 DIGIT_SIZES = (8, 16, 32)
 
@@ -47,6 +48,30 @@ def digits(size: int = 8, return_labels: bool = False, dtype=torch.float32):
     if return_labels:
         return x, torch.as_tensor(bunch.target, dtype=torch.int64)
     return x
+
+
+def digit_levels() -> torch.Tensor:
+    """The 8 x 8 digits as their integer grey levels 0..16 (17 levels), flattened: int64 [1797, 64]."""
+    return torch.round((digits(size=8).flatten(1) + 1) * 8).long()
+
+
+def dequantise(levels_k: torch.Tensor, levels: int, copies: int = 1, seed: int = 0, low: float = -1.0,
+               width: float = 2.0) -> torch.Tensor:
+    """Uniform dequantisation (Theis et al. 2016): x = low + (k + u) width / levels, u ~ U[0, 1) per entry.
+
+    levels_k: integer levels in 0..levels-1, [N, ...]; each level k fills its bin of width width / levels
+    in [low, low + width). copies: the data repeated that many times, each copy with its own u (drawn
+    from a generator seeded with `seed`). Returns float32 [copies * N, ...].
+    """
+    k = torch.as_tensor(levels_k)
+    if k.is_floating_point() or bool((k < 0).any()) or bool((k >= levels).any()):
+        raise ValueError(f"dequantise needs integer levels in 0..{levels - 1}; got {k.dtype}, "
+                         f"range [{k.min().item()}, {k.max().item()}]")
+    if int(copies) < 1:
+        raise ValueError(f"copies must be a positive integer; got {copies}")
+    k = k.repeat(int(copies), *([1] * (k.dim() - 1)))
+    u = torch.rand(k.shape, generator=torch.Generator().manual_seed(seed))
+    return low + (k + u) * width / levels
 
 
 PROCEDURAL_FAMILIES = ("blob", "ring", "square", "bar")

@@ -10,12 +10,15 @@ whose marginals are the Gaussian path of the rest of the package, on a grid of N
 
 Steps are indexed i = 0..N with i = 0 the data (abar_0 = 1), as in the paper. The reverse model
 p(x_{i-1} | x_i) = N(mu_theta, sigma_i^2 I) is fit by the ELBO, whose step-i term is the KL to the
-posterior q(x_{i-1} | x_i, x_0) (MATH.md §6.2); writing mu_theta through an eps-predictor turns that
+posterior q(x_{i-1} | x_i, x_0) (Ho et al. eq. 5-7); writing mu_theta through an eps-predictor turns that
 KL into a weighted ||eps - eps_hat||^2, which is why DDPMs predict noise.
 
 Song et al.'s VP SDE is the continuous limit of this chain: Song's discrete VP betas are
-linspace(beta_min / N, beta_max / N, N), i.e. DDPM's linear schedule for N = 1000 (MATH.md §0.2),
-so step i of the chain corresponds to continuous time t = i / N (`eps_on_chain`).
+linspace(beta_min / N, beta_max / N, N), i.e. DDPM's linear schedule for N = 1000, so step i of the
+chain is *roughly* continuous time t = i / N. Roughly: at i = 1 the chain's noise variance beta_1 =
+1e-4 is 10 % below VP's sigma^2(1 / N) = 1.1e-4. `chain_times` gives the exact correspondence, the
+time t_i at which the path has the chain's signal-to-noise ratio abar_i / (1 - abar_i), and
+`eps_on_chain` reads a continuous-time model there.
 
 The last part is the continuous-time ELBO of Kingma et al. (2021) for Gaussian data, in closed form
 and by quadrature (check PR-3).
@@ -27,15 +30,18 @@ from typing import Callable
 
 import torch
 
-from .paths import Path, convert
+from .closed_form import commitment_time
+from .paths import VP, Path, convert
 
 __all__ = [
     "DDPMSchedule",
+    "DDPMPath",
     "linear_betas",
     "ddpm_elbo_weights",
     "reverse_mean",
     "ancestral_sample",
     "eps_on_chain",
+    "chain_times",
     "ddim_sigma",
     "ddim_step",
     "gaussian_elbo_terms",
@@ -131,7 +137,7 @@ class DDPMSchedule:
 
 
 def ddpm_elbo_weights(schedule: DDPMSchedule, variance: str = "beta") -> torch.Tensor:
-    """Weights w_i, i = 1..N [N], of the eps-form of the ELBO (Ho et al. eq. 12; MATH.md §6.2):
+    """Weights w_i, i = 1..N [N], of the eps-form of the ELBO (Ho et al. eq. 12):
 
         KL(q(x_{i-1} | x_i, x0) || p(x_{i-1} | x_i)) = w_i ||eps - eps_hat(x_i, i)||^2 + const,
         w_i = beta_i^2 / (2 sigma_i^2 alpha_i (1 - abar_i)),
@@ -159,7 +165,7 @@ def ancestral_sample(eps_model: Callable, schedule: DDPMSchedule, x_T: torch.Ten
         x_{i-1} = mu_theta(x_i, i) + sigma_i z,   z ~ N(0, I)   (no noise at i = 1),
 
     with mu_theta from `reverse_mean` and sigma_i^2 = beta_i or tilde beta_i (`variance`).
-    eps_model(x, i) -> eps_hat, with i the integer step (see `eps_on_chain` for a model(x, t)).
+    eps_model(x, i) -> eps_hat, with i the integer step (`eps_on_chain` turns a model(x, t) into one).
     Returns x_0 [N, ...], or (x_0, trajectory [N + 1, n, ...] from x_N to x_0) when return_trajectory.
     """
     x, trajectory = x_T, [x_T]
@@ -173,20 +179,39 @@ def ancestral_sample(eps_model: Callable, schedule: DDPMSchedule, x_T: torch.Ten
     return (x, torch.stack(trajectory)) if return_trajectory else x
 
 
-def eps_on_chain(model: Callable, schedule: DDPMSchedule, path: Path | None = None, target: str = "eps"):
-    """A continuous-time model(x, t) as a chain model eps_model(x, i), step i read as time t = i / N.
+def chain_times(schedule: DDPMSchedule, path: Path | None = None) -> torch.Tensor:
+    """t_i, i = 0..N [N + 1] (float64): the time at which `path` (default VP()) has step i's SNR,
 
-    For Song's VP with N steps this is the DDPM step (MATH.md §0.2). model predicts `target`; any
-    target other than "eps" is converted with `path` at t = i / N, which is then required.
+        alpha(t_i)^2 / sigma(t_i)^2 = abar_i / (1 - abar_i),   t_0 = 0,
+
+    so that x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) eps is x_{t_i} of the path up to the factor
+    sigma(t_i) / sqrt(1 - abar_i) (1 for VP and the cosine path). These are the commitment times
+    SNR(t) = 1 / lambda of `closed_form.commitment_time`, lambda = (1 - abar_i) / abar_i. A step whose SNR is below the path's SNR(1) gets t_i = 1: for DDPM's linear
+    schedule on VP(0.1, 20) these are the last four steps (abar_1000 = 4.04e-5 < alpha_1^2 = 4.32e-5),
+    where a model of x_1 is read a shade early.
     """
-    if target != "eps" and path is None:
-        raise ValueError(f"eps_on_chain needs the path to convert a {target!r} model to eps")
-    n = schedule.n_steps
+    path = VP() if path is None else path
+    abar = schedule.alpha_bar[1:]
+    # SNR(t_i) = abar_i / (1 - abar_i) is SNR(t*) = 1 / lambda with lambda = (1 - abar_i) / abar_i
+    return torch.cat([torch.zeros(1, dtype=torch.float64), commitment_time((1 - abar) / abar, path)])
+
+
+def eps_on_chain(model: Callable, schedule: DDPMSchedule, path: Path | None = None, target: str = "eps"):
+    """A continuous-time model(x, t) of `path` (default VP()) as a chain model eps_model(x, i).
+
+    Step i is read at t_i = `chain_times(schedule, path)[i]`, where the path's SNR is the chain's, with x
+    rescaled to the path, x_t = (sigma(t_i) / sqrt(1 - abar_i)) x_i (eps is the same noise in both), so
+    a model of the exact eps gives the chain's exact E[eps | x_i] at every step inside the path's SNR range.
+    model predicts `target`; any target other than "eps" is converted with the path at t_i.
+    """
+    path = VP() if path is None else path
+    times = chain_times(schedule, path).tolist()
+    scale = (path.sigma(torch.tensor(times[1:], dtype=torch.float64)) / (1 - schedule.alpha_bar[1:]).sqrt()).tolist()
 
     def eps_model(x, i):
-        t = i / n
-        out = model(x, t)
-        return out if target == "eps" else convert(out, target, "eps", x, t, path)
+        t, x_t = times[i], x * scale[i - 1]
+        out = model(x_t, t)
+        return out if target == "eps" else convert(out, target, "eps", x_t, t, path)
 
     return eps_model
 
@@ -208,7 +233,7 @@ def ddim_sigma(schedule: DDPMSchedule, i: int, j: int | None = None, eta: float 
 
 def ddim_step(eps_hat: torch.Tensor, x_t: torch.Tensor, schedule: DDPMSchedule, i: int, j: int | None = None,
               eta: float = 0.0, generator=None) -> torch.Tensor:
-    """One DDIM step from x_i to x_j (MATH.md §6.2), with x0_hat = (x_i - sqrt(1 - abar_i) eps_hat) / sqrt(abar_i):
+    """One DDIM step from x_i to x_j (Song et al. 2021a, eq. 12), with x0_hat = (x_i - sqrt(1 - abar_i) eps_hat) / sqrt(abar_i):
 
         x_j = sqrt(abar_j) x0_hat + sqrt(1 - abar_j - sigma^2) eps_hat + sigma z,   sigma = ddim_sigma(i, j, eta).
 
@@ -229,7 +254,7 @@ def ddim_step(eps_hat: torch.Tensor, x_t: torch.Tensor, schedule: DDPMSchedule, 
 
 def gaussian_elbo_terms(s2, snr_min: float, snr_max: float) -> dict:
     """Terms of -ELBO (nats) for x0 ~ N(0, diag(s2)) under a variance-preserving path (alpha^2 + sigma^2 = 1)
-    observed between SNR_max (t_min) and SNR_min (t_max), with the exact denoiser (MATH.md §6.2-6.3):
+    observed between SNR_max (t_min) and SNR_min (t_max), with the exact denoiser (Kingma et al. 2021, eq. 14-17; check PR-3):
 
         diffusion = 1/2 int_{SNR_min}^{SNR_max} E||x0 - x0_hat||^2 dSNR = 1/2 sum log((1/s2 + SNR_max) / (1/s2 + SNR_min)),
         decoder   = -E log N(x0; z / alpha, sigma^2 / alpha^2) = 1/2 sum log(2 pi e / SNR_max),
@@ -254,14 +279,17 @@ def gaussian_elbo_terms(s2, snr_min: float, snr_max: float) -> dict:
     return {k: float(v) for k, v in out.items()}
 
 
-def vdm_diffusion_term(mse: Callable[[float], float], path: Path, t_min: float = 1e-3, t_max: float = 1.0) -> float:
+def vdm_diffusion_term(mse: Callable[[float], float], path: Path, t_min: float = 1e-3, t_max: float = 1.0,
+                       epsabs: float = 1e-13, epsrel: float = 1e-12, order: int | None = None) -> float:
     """The diffusion term of the continuous-time ELBO by quadrature over time (Kingma et al. 2021, eq. 17):
 
         1/2 int_{t_min}^{t_max} mse(t) (-d SNR/dt) dt = 1/2 int_{SNR(t_max)}^{SNR(t_min)} mse dSNR,
 
     mse(t) = E||x0 - x0_hat(x_t, t)||^2 (a float for a float t), SNR = alpha^2 / sigma^2 of `path`, and
-    dSNR/dt = 2 alpha (alpha' sigma - alpha sigma') / sigma^3. Adaptive Gauss-Kronrod in log t (scipy.quad).
-    With Song's weighting this is E g^2(t) ||s_hat - score||^2 / 2 in other clothes (MATH.md §6.2).
+    dSNR/dt = 2 alpha (alpha' sigma - alpha sigma') / sigma^3. Adaptive Gauss-Kronrod in log t (scipy.quad) to the
+    tolerances epsabs, epsrel (the defaults suit a closed-form mse); or, with `order`, Gauss-Legendre with that
+    many points in log t (scipy.fixed_quad): a fixed, small number of calls, for an mse estimated from samples.
+    With Song's weighting this is E g^2(t) ||s_hat - score||^2 / 2 in other clothes (Kingma et al. 2021, App. E).
     """
     from scipy.integrate import quad
 
@@ -275,5 +303,59 @@ def vdm_diffusion_term(mse: Callable[[float], float], path: Path, t_min: float =
         dsnr = 2 * a * (da * s - a * ds) / s**3
         return 0.5 * mse(t) * (-dsnr) * t
 
-    value, _ = quad(integrand, math.log(t_min), math.log(t_max), epsabs=1e-13, epsrel=1e-12, limit=200)
+    if order is not None:
+        from scipy.integrate import fixed_quad
+
+        value, _ = fixed_quad(lambda u: [integrand(v) for v in u], math.log(t_min), math.log(t_max), n=int(order))
+        return float(value)
+    value, _ = quad(integrand, math.log(t_min), math.log(t_max), epsabs=epsabs, epsrel=epsrel, limit=200)
     return value
+
+
+class DDPMPath(Path):
+    """The DDPM chain of a schedule as a continuous path: step i of N is time t = i / N, exactly.
+
+    log abar is interpolated linearly in s = t N between the integer steps, so that
+
+        alpha(i / N)^2 = abar_i,   sigma(i / N)^2 = 1 - abar_i   (i = 0..N, abar_0 = 1),
+
+    and a sampler on the grid {i / N} (DDIM's skips, Time-Shift's windows) sees the chain's own abar
+    instead of Song's continuous VP (whose sigma^2 at t = 1/N is ~10 % off abar_1).
+    """
+
+    name = "ddpm"
+
+    def __init__(self, schedule: DDPMSchedule | None = None):
+        self.schedule = DDPMSchedule.linear() if schedule is None else schedule
+        self._log_abar = torch.log(self.schedule.alpha_bar)  # [N + 1], float64
+
+    def _log_alpha_bar(self, t):
+        from .paths import as_time
+
+        t = as_time(t)
+        n = self.schedule.n_steps
+        s = t * n
+        k = torch.clamp(torch.floor(s), max=n - 1).long()
+        table = self._log_abar.to(dtype=t.dtype, device=t.device)
+        lo, hi = table[k], table[k + 1]
+        return lo + (s - k) * (hi - lo), n * (hi - lo)  # log abar and its t-derivative
+
+    def alpha(self, t):
+        return torch.exp(0.5 * self._log_alpha_bar(t)[0])
+
+    def sigma(self, t):
+        return torch.sqrt(-torch.expm1(self._log_alpha_bar(t)[0]))
+
+    def dalpha(self, t):
+        log_ab, slope = self._log_alpha_bar(t)
+        return 0.5 * torch.exp(0.5 * log_ab) * slope
+
+    def dsigma(self, t):
+        log_ab, slope = self._log_alpha_bar(t)
+        return -0.5 * torch.exp(log_ab) * slope / torch.sqrt(-torch.expm1(log_ab))
+
+    def config(self) -> dict:
+        return {"name": self.name, "schedule": self.schedule.config()}
+
+    def __repr__(self) -> str:
+        return f"DDPMPath({self.schedule!r})"

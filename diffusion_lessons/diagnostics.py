@@ -1,4 +1,5 @@
-"""Conservativity diagnostics: is a learned field the gradient of something? (MATH.md §0.6)
+"""Conservativity diagnostics: is a learned field the gradient of something? (Vuong et al. 2025,
+arXiv:2509.00336; checks GF-6, TK-5, WGF-3 to WGF-5)
 
 A field F(x, t) on R^D is a gradient field, F = grad phi, exactly when (on a simply connected
 domain) it passes two equivalent tests:
@@ -26,15 +27,15 @@ import math
 import torch
 
 __all__ = [
-    "jacobian",
+    "EXACT_MAX_DIM",
     "asymmetry_ratio",
+    "circulation",
+    "jacobian",
     "jacobian_asymmetry",
+    "path_independence_gap",
+    "path_integral",
     "sub_jacobian",
     "sub_jacobian_asymmetry",
-    "circulation",
-    "path_integral",
-    "path_independence_gap",
-    "EXACT_MAX_DIM",
 ]
 
 EXACT_MAX_DIM = 64  # jacobian_asymmetry uses the exact Jacobian up to this many coordinates per sample
@@ -112,7 +113,10 @@ def jacobian(field, x: torch.Tensor, t, method: str = "auto", chunk_size: int | 
 
 def _jacobian_func(field, x, t, chunk_size):
     n, d = x.shape[0], x[0].numel()
-    summed = lambda xx: _evaluate(field, xx, t).sum(0)  # noqa: E731
+
+    def summed(xx):
+        return _evaluate(field, xx, t).sum(0)
+
     jac = torch.func.jacrev(summed, chunk_size=chunk_size)(x.detach())  # [*event, N, *event]
     return jac.reshape(d, n, d).transpose(0, 1).detach()
 
@@ -142,7 +146,10 @@ def asymmetry_ratio(J: torch.Tensor) -> torch.Tensor:
 def _jvp_vjp(field, x, t, z, need_vjp: bool = True):
     """(J z, J^T z) per sample (J^T z is None unless need_vjp), by torch.func, or by autograd: then
     J z is the derivative of the linear map u -> J^T u (the double-backward trick)."""
-    f = lambda xx: _evaluate(field, xx, t)  # noqa: E731
+
+    def f(xx):
+        return _evaluate(field, xx, t)
+
     try:
         _, jz = torch.func.jvp(f, (x.detach(),), (z,))
         jtz = torch.func.vjp(f, x.detach())[1](z)[0] if need_vjp else None
@@ -203,7 +210,7 @@ def jacobian_asymmetry(field, x: torch.Tensor, t, exact: bool | None = None, n_p
     """Per-point Jacobian asymmetry ratio ||J - J^T||_F / ||J||_F of field(., t) at x [N, ...] -> [N].
 
     exact=True: from the full Jacobian (`jacobian`, D backward passes); exact=False: the matrix-free
-    estimator of MATH.md §0.6, which needs only Jacobian-vector products (JVP, J z) and vector-Jacobian
+    estimator, which needs only Jacobian-vector products (JVP, J z) and vector-Jacobian
     products (VJP, J^T z) with n_probes isotropic probes z (E z z^T = I; "rademacher" +-1 entries or
     "gaussian"):
 
@@ -251,7 +258,7 @@ def _subset(index, k: int, n: int, d: int, device, generator) -> torch.Tensor:
 
 def sub_jacobian(field, x: torch.Tensor, t, index) -> torch.Tensor:
     """J_SS[n] = [d field_i / d x_j]_{i, j in S} at x[n]: [N, k, k], from k JVPs with the basis
-    vectors e_j, j in S (MATH.md §0.6). index: flat coordinates (C, H, W order) [k] or [N, k]."""
+    vectors e_j, j in S. index: flat coordinates (C, H, W order) [k] or [N, k]."""
     _check_batch(x, "sub_jacobian")
     t = _check_time(t, x.shape[0], "sub_jacobian")
     n, d = x.shape[0], x[0].numel()
@@ -271,7 +278,7 @@ def sub_jacobian(field, x: torch.Tensor, t, index) -> torch.Tensor:
 def sub_jacobian_asymmetry(field, x: torch.Tensor, t, index=None, k: int = 32,
                            generator: torch.Generator | None = None) -> torch.Tensor:
     """Asymmetry ratio ||J_SS - J_SS^T||_F / ||J_SS||_F [N] of the block of the Jacobian on a subset S
-    of coordinates (MATH.md §0.6, WGF-5): the cheap test for image models, k JVPs per point instead of D.
+    of coordinates (check WGF-5): the cheap test for image models, k JVPs per point instead of D.
 
     index: flat coordinates [k] or [N, k]; None draws k distinct coordinates with `generator`, the
     same subset for every point. A symmetric J has symmetric blocks, so a non-zero value proves

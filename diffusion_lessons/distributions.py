@@ -1,6 +1,6 @@
 """Distributions with exact answers: Gaussians and Gaussian mixtures, and the toy data sets.
 
-Under the path x_t = alpha_t x0 + sigma_t eps, a mixture stays a mixture (MATH.md §0.4):
+Under the path x_t = alpha_t x0 + sigma_t eps, a mixture stays a mixture (checks TK-1 to TK-4):
 
     p_t(x) = sum_k pi_k N(x; alpha_t mu_k, C_k(t)),   C_k(t) = alpha_t^2 Sigma_k + sigma_t^2 I,
 
@@ -18,7 +18,8 @@ import math
 
 import torch
 
-from .paths import Path, as_time, convert
+from .paths import Path, as_time, convert, field_time
+from .validate import check_allocation, whole_number
 
 __all__ = [
     "GaussianMixture",
@@ -37,6 +38,18 @@ __all__ = [
 ]
 
 
+def _as_floats(value, name: str, dtype=None, device=None) -> torch.Tensor:
+    """value as a tensor (of dtype on device when given); ValueError naming it when it holds no numbers."""
+    try:
+        out = torch.as_tensor(value, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{name} must be a tensor (or nested list) of numbers; got {type(value).__name__}: "
+                         f"{(str(err).splitlines() or [''])[0][:100]}") from None
+    if out.is_complex() or out.dtype == torch.bool:
+        raise ValueError(f"{name} must hold real numbers; got {out.dtype}")
+    return out
+
+
 def _check_points(x: torch.Tensor, dim: int, who: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{who} expects a torch tensor of shape [N, {dim}]; got {type(x).__name__}")
@@ -47,32 +60,38 @@ def _check_points(x: torch.Tensor, dim: int, who: str) -> None:
 class GaussianMixture:
     """sum_k weights[k] N(means[k], covs[k]) on R^D.
 
-    weights [K] (positive, normalised here), means [K, D], covs [K, D, D] (symmetric PSD).
+    weights [K] (>= 0 with a positive sum, normalised here), means [K, D], covs [K, D, D]: finite,
+    K >= 1, D >= 1, each covariance symmetric positive semi-definite (a zero eigenvalue is allowed: data
+    on a subspace, or a point mass with covs = 0, as every noised law p_t with t > 0 is still smooth).
     Computations follow the dtype and device of the points they are given.
     """
 
     def __init__(self, weights, means, covs):
-        means = torch.as_tensor(means)
+        means = _as_floats(means, "means")
         dtype = means.dtype if means.is_floating_point() else torch.float64
-        weights = torch.as_tensor(weights, dtype=dtype, device=means.device)
+        weights = _as_floats(weights, "weights", dtype, means.device)
         means = means.to(dtype)
-        covs = torch.as_tensor(covs, dtype=dtype, device=means.device)
-        if means.dim() != 2:
-            raise ValueError(f"means must have shape [K, D]; got {list(means.shape)}")
+        covs = _as_floats(covs, "covs", dtype, means.device)
+        if means.dim() != 2 or 0 in means.shape:
+            raise ValueError(f"means must have shape [K, D] with K >= 1 components and D >= 1 dimensions; "
+                             f"got {list(means.shape)}")
         K, D = means.shape
         if weights.shape != (K,):
             raise ValueError(f"weights must have shape [K] = [{K}]; got {list(weights.shape)}")
         if covs.shape != (K, D, D):
             raise ValueError(f"covs must have shape [K, D, D] = [{K}, {D}, {D}]; got {list(covs.shape)}")
-        if bool((weights <= 0).any()):
-            raise ValueError("mixture weights must be positive")
+        for name, value in (("weights", weights), ("means", means), ("covs", covs)):
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} must be finite; got NaN or infinite entries in {name}")
+        if bool((weights < 0).any()) or not bool(weights.sum() > 0):
+            raise ValueError(f"mixture weights must be >= 0 with a positive sum; got {weights.tolist()}")
         if not torch.allclose(covs, covs.transpose(-1, -2), atol=1e-10, rtol=1e-8):
-            raise ValueError("covariances must be symmetric")
+            raise ValueError("covs must be symmetric: covs[k] == covs[k].T")
         self.weights = weights / weights.sum()
         self.means, self.covs = means, covs
         evals, evecs = torch.linalg.eigh(covs.double())
         if bool((evals < -1e-10 * evals.abs().max().clamp_min(1.0)).any()):
-            raise ValueError("covariances must be positive semi-definite")
+            raise ValueError(f"covs must be positive semi-definite; the smallest eigenvalue is {evals.min().item():.3g}")
         self._evals = evals.clamp_min(0.0).to(dtype)  # [K, D]
         self._evecs = evecs.to(dtype)  # [K, D, D], columns are eigenvectors
 
@@ -115,8 +134,12 @@ class GaussianMixture:
 
     # -- sampling ------------------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None, return_labels: bool = False):
-        """n exact samples [n, D] (and their component labels [n] when return_labels)."""
+        """n exact samples [n, D] (and their component labels [n] when return_labels); n a whole number >= 1."""
+        n = whole_number("n", n, 1)
         dev = self.means.device
+        per_sample = 8 + self.means.element_size() * (self.dim**2 + 3 * self.dim)  # label, z, root[label], x
+        check_allocation(n * per_sample, f"sample(n={n}) of a {self.dim}-dimensional mixture", "draw fewer at a time",
+                         dev)
         labels = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=self.means.dtype, device=dev)
         root = self._evecs * self._evals.sqrt()[:, None, :]  # U diag(sqrt(lambda)): root root^T = Sigma
@@ -137,6 +160,9 @@ class GaussianMixture:
         r = x[:, None, :] - a * mu[None]  # [N, K, D]
         z = torch.einsum("kdj,nkd->nkj", U, r)
         c = a**2 * lam[None] + s**2  # [N|1, K, D]
+        if not torch.compiler.is_compiling() and bool((c == 0).any()):
+            raise ValueError("the law has no density where sigma_t = 0 (t = 0, or the mixture itself) and a "
+                             "covariance is singular (a point mass, or data on a subspace); use a time t > 0")
         maha = (z**2 / c).sum(-1)
         logdet = torch.log(c).sum(-1)
         logw = torch.log(self.weights.to(dtype=dt, device=dev))
@@ -164,6 +190,34 @@ class GaussianMixture:
 
     def _rebuild_with(self, weights, means, covs):
         return GaussianMixture(weights, means, covs)
+
+    def posterior(self, A, y, noise_std: float) -> "GaussianMixture":
+        """The exact law of x given y = A x + noise_std * n, n ~ N(0, I): a mixture again (same class).
+
+        A [M, D], y [M], noise_std >= 0 (0: exact observation, needing A Sigma_k A^T invertible).
+        By Bayes' rule and Gaussian conditioning, component by component (S_k = A Sigma_k A^T + noise_std^2 I,
+        K_k = Sigma_k A^T S_k^{-1}):
+
+            weights  pi_k N(y; A mu_k, S_k) / sum_j pi_j N(y; A mu_j, S_j),
+            means    mu_k + K_k (y - A mu_k),      covs  Sigma_k - K_k A Sigma_k.
+        """
+        A = torch.as_tensor(A, dtype=self.means.dtype, device=self.means.device)
+        y = torch.as_tensor(y, dtype=self.means.dtype, device=self.means.device)
+        if A.dim() != 2 or A.shape[1] != self.dim or y.shape != (A.shape[0],):
+            raise ValueError(f"posterior needs A [M, {self.dim}] and y [M]; got A {list(A.shape)}, y {list(y.shape)}")
+        if not noise_std >= 0:
+            raise ValueError(f"noise_std must be >= 0; got {noise_std}")
+        eye = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+        S = A @ self.covs @ A.T + noise_std**2 * eye  # [K, M, M]
+        gain = torch.linalg.solve(S, A @ self.covs).transpose(-1, -2)  # Sigma_k A^T S_k^{-1} (S_k symmetric)
+        residual = y - self.means @ A.T  # [K, M]
+        means = self.means + torch.einsum("kdm,km->kd", gain, residual)
+        covs = self.covs - gain @ A @ self.covs
+        covs = 0.5 * (covs + covs.transpose(-1, -2))  # symmetric to rounding
+        log_evidence = -0.5 * (torch.einsum("km,km->k", residual, torch.linalg.solve(S, residual[..., None])[..., 0])
+                               + torch.logdet(S))
+        weights = torch.softmax(torch.log(self.weights) + log_evidence, 0)
+        return self._rebuild_with(weights, means, covs)
 
 
 class Gaussian(GaussianMixture):
@@ -201,7 +255,7 @@ class Gaussian(GaussianMixture):
 # -- exact fields of the noised law, as callables field(x, t) ---------------------------------
 def _time_args(dist, path, x, t, who):
     _check_points(x, dist.dim, who)
-    t = as_time(t, x)
+    t = as_time(t, x, extend=True)  # clamped into [0, 1]: adaptive solvers probe past the ends
     if t.dim() > 1 or (t.dim() == 1 and t.shape[0] != x.shape[0]):
         raise ValueError(f"{who}: t must be a float or a tensor [N] = [{x.shape[0]}]; got {list(t.shape)}")
     return t, path.alpha(t), path.sigma(t)
@@ -265,17 +319,18 @@ def exact_score_jacobian(dist: GaussianMixture, path: Path):
 def exact_prediction(dist: GaussianMixture, path: Path, target: str):
     """The exact (MMSE) predictor of `target` in {"eps", "x0", "score", "velocity", "v"} as field(x, t).
 
-    Computed from the denoiser and converted (MATH.md §0.3), so it is finite wherever sigma_t > 0.
+    Computed from the denoiser and converted (check PR-1), so it is finite wherever sigma_t > 0.
     """
     denoiser = exact_denoiser(dist, path)
 
     def field(x, t):
+        t = field_time(t, x)  # clamped into [0, 1], like every exact field here
         return convert(denoiser(x, t), "x0", target, x, t, path)
 
     return field
 
 
-# -- fixtures (MATH.md §0.5) -----------------------------------------------------------------------
+# -- fixtures: the distributions the chapters and tests share ------------------------------------------
 def gmm2(dtype=torch.float64, device=None) -> GaussianMixture:
     """GMM2: pi = (0.3, 0.7), mu = (-2, 0), (2, 1), Sigma_1 = [[.5, .2], [.2, .3]], Sigma_2 = diag(.2, 1)."""
     kw = dict(dtype=dtype, device=device)
@@ -351,9 +406,9 @@ def toy_data(name: str, n: int, generator: torch.Generator | None = None, dtype=
     """n points [n, 2] of a toy set: moons, swiss_roll, checkerboard, rings, 8gaussians, gmm2."""
     if name not in _TOY:
         raise ValueError(f"unknown dataset {name!r}; valid datasets: {', '.join(TOY_DATASETS)}")
-    if n <= 0:
-        raise ValueError(f"n must be positive; got {n}")
-    return _TOY[name](int(n), generator).to(dtype)
+    n = whole_number("n", n, 1)
+    check_allocation(n * 64, f"toy_data(n={n})", "draw fewer at a time")  # a few [n, 2] float32 temporaries
+    return _TOY[name](n, generator).to(dtype)
 
 
 # -- data on manifolds of known intrinsic dimension ------------------------------------------------
@@ -381,4 +436,6 @@ def manifold_data(name: str, n: int, generator: torch.Generator | None = None, d
     """n points on a manifold of known intrinsic dimension (see MANIFOLD_DATASETS: name -> (ambient, intrinsic))."""
     if name not in _MANIFOLDS:
         raise ValueError(f"unknown manifold dataset {name!r}; valid: {', '.join(_MANIFOLDS)}")
-    return _MANIFOLDS[name][2](int(n), generator).to(dtype)
+    n = whole_number("n", n, 1)
+    check_allocation(n * 128, f"manifold_data(n={n})", "draw fewer at a time")
+    return _MANIFOLDS[name][2](n, generator).to(dtype)

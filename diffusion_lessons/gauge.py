@@ -1,15 +1,16 @@
-"""Gauge freedom, Wasserstein gradient flow and intrinsic dimension (MATH.md chapters 3 and 4).
+"""Gauge freedom, Wasserstein gradient flow and intrinsic dimension (Horvat & Pfister 2024,
+arXiv:2402.03845; Vuong et al. 2025, arXiv:2509.00336; Jordan, Kinderlehrer & Otto 1998).
 
-* **Gauge decomposition** (weighted Helmholtz–Hodge, MATH.md §3.1): a 2-D field splits orthogonally in
+* **Gauge decomposition** (weighted Helmholtz–Hodge, Horvat & Pfister 2024): a 2-D field splits orthogonally in
   L^2(p) as s = grad phi + r with div(p grad phi) = div(p s) and div(p r) = 0. Only grad phi enters the
   continuity equation; the gauge part r moves trajectories, not densities. Solved on a grid by finite
   volumes (phi at the nodes, fluxes on the faces, no flux through the boundary).
-* **Continuity equation and WGF** (MATH.md §4.2). The forward Fokker–Planck equation is
+* **Continuity equation and WGF** (Jordan et al. 1998; Vuong et al. 2025). The forward Fokker–Planck equation is
   d_t p = -div(p u) with u = f x - g^2/2 grad log p = -g^2/2 grad log(p / pi), pi = N(0, c I),
   c = -g^2 / (2 f): the Wasserstein-2 gradient flow of g^2/2 KL(p || pi). Hence the energy identity
   d/dt KL(p_t || pi) = -g^2/2 E_p |grad log(p_t / pi)|^2 (for VP: c = 1, -beta/2 E|x + grad log p|^2).
-* **Intrinsic dimension** (MATH.md §3.3): the score-Hessian spectrum at small noise, the SVD of a
-  matrix of scores near a data point (Stanczuk et al. 2022), and the singular values of the flow-map
+* **Intrinsic dimension** (Horvat & Pfister 2024; Stanczuk et al. 2022): the score-Hessian spectrum at small
+  noise, the SVD of a matrix of scores near a data point (Stanczuk et al. 2022), and the singular values of the flow-map
   Jacobian. The thresholds used here are ours; which exact rule Horvat & Pfister use is unverified.
 
 Grids are in 'ij' order (values[i, j] sits at (axes[0][i], axes[1][j])) and float64.
@@ -17,8 +18,9 @@ Grids are in 'ij' order (values[i, j] sits at (axes[0][i], axes[1][j])) and floa
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,11 +32,27 @@ from .diagnostics import jacobian as _jacobian
 from .paths import Path, expand_time
 
 __all__ = [
-    "Grid", "make_grid", "GaugeDecomposition", "gauge_decomposition", "flux_divergence", "gauge_condition",
-    "ContinuityResidual", "continuity_residual", "wgf_velocity", "wgf_prior_variance", "kl_to_prior",
-    "EnergyDissipation", "energy_dissipation", "DimensionEstimate", "score_hessian_dimension",
-    "score_svd_dimension", "empirical_score_hessian", "pf_velocity_jacobian", "flow_map_singular_values",
+    "ContinuityResidual",
+    "DimensionEstimate",
+    "EnergyDissipation",
+    "GaugeDecomposition",
+    "Grid",
+    "continuity_residual",
+    "empirical_score_hessian",
+    "energy_dissipation",
     "flow_map_dimension",
+    "flow_map_singular_values",
+    "flux_divergence",
+    "gauge_condition",
+    "gauge_decomposition",
+    "gauge_perturbed",
+    "kl_to_prior",
+    "make_grid",
+    "pf_velocity_jacobian",
+    "score_hessian_dimension",
+    "score_svd_dimension",
+    "wgf_prior_variance",
+    "wgf_velocity",
 ]
 
 Field = Callable[[torch.Tensor, object], torch.Tensor]
@@ -104,6 +122,23 @@ def gauge_condition(field: Field, score: Field, x: torch.Tensor, t) -> torch.Ten
         return div + (field(x, t) * score(x, t)).sum(-1)
 
 
+def gauge_perturbed(score: Field, A: torch.Tensor) -> Field:
+    """The field (I + A) score(x, t) = score + A score for a constant antisymmetric A [D, D] (Horvat &
+    Pfister 2024): A grad log p_t is a gauge field of every p_t, since div(p A grad log p) = div(A grad p)
+    = sum_ij A_ij d_i d_j p = 0. So the PF-ODE driven by (I + A) grad log p_t samples p_t exactly and gives
+    exact likelihoods, though its Jacobian (I + A) H is not symmetric (checks GF-1 to GF-3, GF-6).
+    score: field(x [N, D], t) -> [N, D]; A is used in x's dtype and device."""
+    A = torch.as_tensor(A)
+    if A.dim() != 2 or A.shape[0] != A.shape[1] or not torch.allclose(A, -A.T):
+        raise ValueError(f"A must be a square antisymmetric matrix (A^T = -A); got {list(A.shape)} {A.tolist()}")
+
+    def field(x, t):
+        s = score(x, t)
+        return s + s @ A.to(dtype=s.dtype, device=s.device).T
+
+    return field
+
+
 @dataclasses.dataclass
 class GaugeDecomposition:
     """field = conservative + gauge on a 2-D grid, weighted by density p (all on the nodes, float64).
@@ -166,8 +201,9 @@ def _face_system(p_faces: list, s_faces: list, shape: tuple, h: tuple):
     return L, b
 
 
-def gauge_decomposition(field: Field, log_prob: Callable, t: float, grid: Grid, floor: float = 1e-10) -> GaugeDecomposition:
-    """Weighted Helmholtz–Hodge decomposition of a 2-D field at time t (MATH.md §3.1).
+def gauge_decomposition(field: Field, log_prob: Callable, t: float, grid: Grid,
+                        floor: float = 1e-10) -> GaugeDecomposition:
+    """Weighted Helmholtz–Hodge decomposition of a 2-D field at time t (Horvat & Pfister 2024; check GF-1).
 
     Solves div(p grad phi) = div(p s) with p(grad phi - s).n = 0 on the boundary: phi on the nodes, p and
     s evaluated at face midpoints (so a gradient field is recovered to O(h^2)), p floored at
@@ -213,8 +249,9 @@ class ContinuityResidual:
     relative: float
 
 
-def continuity_residual(log_prob: Callable, velocity: Field, t: float, grid: Grid, dt: float = 1e-5) -> ContinuityResidual:
-    """Residual of the continuity equation d_t p_t + div(p_t u_t) = 0 on a 1-D or 2-D grid (MATH.md WGF-1).
+def continuity_residual(log_prob: Callable, velocity: Field, t: float, grid: Grid,
+                        dt: float = 1e-5) -> ContinuityResidual:
+    """Residual of the continuity equation d_t p_t + div(p_t u_t) = 0 on a 1-D or 2-D grid (check WGF-1).
 
     d_t p by a central difference of step dt, div by second-order central differences in x. u is the
     velocity in the forward direction of t (data -> noise), e.g. dl.pf_velocity(score, path).
@@ -222,7 +259,10 @@ def continuity_residual(log_prob: Callable, velocity: Field, t: float, grid: Gri
     if not (0 < t - dt and t + dt < 1):
         raise ValueError(f"need 0 < t - dt and t + dt < 1; got t = {t}, dt = {dt}")
     x = grid.points
-    p = lambda s: grid.reshape(torch.exp(_evaluate(log_prob, x, s)))  # noqa: E731
+
+    def p(s):
+        return grid.reshape(torch.exp(_evaluate(log_prob, x, s)))
+
     dp_dt = (p(t + dt) - p(t - dt)) / (2 * dt)
     residual = dp_dt + flux_divergence(p(t), grid.reshape(_evaluate(velocity, x, t)), grid)
     return ContinuityResidual(residual, dp_dt, float(residual.abs().max() / dp_dt.abs().max()))
@@ -237,7 +277,7 @@ def wgf_prior_variance(path: Path, t) -> torch.Tensor:
 
 
 def wgf_velocity(score: Field, path: Path) -> Field:
-    """u_t = -grad (delta F_t / delta p) = -g^2/2 grad log(p_t / pi_t) = -g^2/2 (score + x / c_t)  (MATH.md §4.2).
+    """u_t = -grad (delta F_t / delta p) = -g^2/2 grad log(p_t / pi_t) = -g^2/2 (score + x / c_t)  (Jordan et al. 1998).
 
     F_t = g^2/2 KL(p || N(0, c_t I)). Algebraically this is pf_velocity: f x - g^2/2 score.
     """
@@ -266,8 +306,9 @@ class EnergyDissipation:
     relative_gap = property(lambda self: abs(self.dkl_dt - self.dissipation) / abs(self.dissipation))
 
 
-def energy_dissipation(log_prob: Callable, score: Field, path: Path, t: float, grid: Grid, dt: float = 1e-5) -> EnergyDissipation:
-    """Both sides of d/dt KL(p_t || pi) = -g^2/2 E_{p_t} |score + x / c|^2 (MATH.md WGF-2), on a grid.
+def energy_dissipation(log_prob: Callable, score: Field, path: Path, t: float, grid: Grid,
+                       dt: float = 1e-5) -> EnergyDissipation:
+    """Both sides of d/dt KL(p_t || pi) = -g^2/2 E_{p_t} |score + x / c|^2 (check WGF-2), on a grid.
 
     Needs a prior that does not move: c_t = -g^2 / (2 f) constant in t (VP with any betas: c = 1).
     """
@@ -295,7 +336,7 @@ class DimensionEstimate:
 
 def score_hessian_dimension(score: Field | None, x: torch.Tensor, t: float, path: Path, threshold: float = 0.5,
                             jacobian: Callable | None = None) -> DimensionEstimate:
-    """Intrinsic dimension from the spectrum of the score's Jacobian at small noise (MATH.md §3.3, GF-7, GF-8).
+    """Intrinsic dimension from the spectrum of the score's Jacobian at small noise (checks GF-7, GF-8).
 
     Near a d-dimensional manifold, grad^2 log p_t has D - d eigenvalues ~ -1/sigma_t^2 (normal) and d of
     order -1/(alpha_t^2 lambda_tan + sigma_t^2) (tangent). spectrum = |eig((J + J^T)/2)| sigma_t^2, sorted
@@ -311,7 +352,7 @@ def score_hessian_dimension(score: Field | None, x: torch.Tensor, t: float, path
 
 def score_svd_dimension(score: Field, x0: torch.Tensor, t: float, path: Path, n_samples: int = 200,
                         generator: torch.Generator | None = None, threshold: float | None = None) -> DimensionEstimate:
-    """Intrinsic dimension from the SVD of scores near data points (Stanczuk et al. 2022; MATH.md §3.3, GF-8).
+    """Intrinsic dimension from the SVD of scores near data points (Stanczuk et al. 2022, arXiv:2212.12611; check GF-8).
 
     For each data point x0 [N, D], score(x_k, t) at x_k = alpha_t x0 + sigma_t z_k, k = 1..n_samples, is
     stacked into a matrix [n_samples, D] and centred (our choice: it removes the mean pull along the
@@ -357,7 +398,8 @@ def empirical_score_hessian(data: torch.Tensor, path: Path) -> Callable:
 
 
 def pf_velocity_jacobian(score_jacobian: Callable, path: Path) -> Callable:
-    """Jacobian of the PF-ODE velocity f x - g^2/2 score: J_v = f I - g^2/2 J_score, as a callable (x, t) -> [N, D, D]."""
+    """Jacobian of the PF-ODE velocity f x - g^2/2 score: J_v = f I - g^2/2 J_score, as a callable
+    (x, t) -> [N, D, D]."""
 
     def jacobian(x, t):
         eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
@@ -367,7 +409,7 @@ def pf_velocity_jacobian(score_jacobian: Callable, path: Path) -> Callable:
 
 
 def flow_map_singular_values(velocity: Field, x_T: torch.Tensor, t_grid, jacobian: Callable | None = None):
-    """Singular values of the flow-map Jacobian Y = d x_t / d x_T along t_grid (MATH.md §3.3).
+    """Singular values of the flow-map Jacobian Y = d x_t / d x_T along t_grid (Horvat & Pfister 2024).
 
     Integrates dx/dt = v(x, t) and the variational equation dY/dt = J_v(x, t) Y (Y = I at t_grid[0]) with
     Heun's method. J_v = jacobian(x, t) if given (e.g. pf_velocity_jacobian(...)), else autograd.
@@ -378,7 +420,7 @@ def flow_map_singular_values(velocity: Field, x_T: torch.Tensor, t_grid, jacobia
     x = x_T.detach()
     Y = torch.eye(x.shape[1], dtype=x.dtype, device=x.device).expand(x.shape[0], -1, -1).clone()
     values = [torch.linalg.svdvals(Y)]
-    for t, t_next in zip(times[:-1], times[1:]):
+    for t, t_next in itertools.pairwise(times):
         h = t_next - t
         v1, dY1 = _evaluate(velocity, x, t).to(x), jac(x, t).detach() @ Y
         x_pred, Y_pred = x + h * v1, Y + h * dY1
@@ -389,7 +431,7 @@ def flow_map_singular_values(velocity: Field, x_T: torch.Tensor, t_grid, jacobia
 
 
 def flow_map_dimension(singular_values: torch.Tensor, threshold: float = 0.1) -> DimensionEstimate:
-    """Count the flow-map singular values [N, D] (at one time) above threshold * the largest (MATH.md GF-7).
+    """Count the flow-map singular values [N, D] (at one time) above threshold * the largest (check GF-7).
 
     Off-manifold directions are contracted to 0 as t -> 0, on-manifold ones saturate; the relative
     threshold is our choice, not a rule from Horvat & Pfister (unverified).

@@ -1,4 +1,4 @@
-"""Stochastic interpolants (Albergo, Boffi & Vanden-Eijnden 2023; MATH.md §5) in the package's time.
+"""Stochastic interpolants (Albergo, Boffi & Vanden-Eijnden 2023) in the package's time.
 
 **Time.** Here t = 0 is data and t = 1 is the base (noise), as for every path in the package.
 Albergo et al. run t from the base (t = 0) to the target (t = 1): replace their t by 1 - t to read
@@ -13,7 +13,7 @@ An interpolant joins a data point x0 (t = 0) and a base point x1 (t = 1), with l
 *trigonometric* one `Cosine`. With gamma = 0 and a Gaussian base x1 ~ N(0, I) an interpolant *is*
 that path; with gamma > 0 it is the Gaussian path sigma^2 = beta^2 + gamma^2 (`LatentNoisePath`).
 
-The law rho_t of x_t has the velocity and score (MATH.md §5.1)
+The law rho_t of x_t has the velocity and score (Albergo et al. 2023, Sec. 2)
 
     b(t, x) = E[alpha' x0 + beta' x1 + gamma' z | x_t = x],    s(t, x) = grad_x log rho_t(x),
 
@@ -24,7 +24,7 @@ and for every epsilon(t) >= 0 these dynamics share the marginals rho_t:
     SDE backward in t (base -> data)   dX = (b - epsilon s) dt + sqrt(2 epsilon) dW_bar
 
 (the Fokker-Planck equations d rho/dt + div((b +- epsilon s) rho) = +- epsilon Laplacian(rho)).
-For a Gaussian path, epsilon = zeta^2 g^2 / 2 is the zeta-family of MATH.md §0.1 (zeta = 1: the
+For a Gaussian path, epsilon = zeta^2 g^2 / 2 is the zeta-family of reverse SDEs (Song et al. 2021; zeta = 1: the
 reverse SDE). Here epsilon is the diffusion strength, not the noise sample eps.
 """
 from __future__ import annotations
@@ -35,7 +35,8 @@ import torch
 
 from .distributions import Gaussian
 from .paths import Path, as_time, expand_time, make_path
-from .solvers import _as_times, euler_maruyama_step
+from .sampling.grids import as_times as _as_times
+from .sampling.sde import euler_maruyama_step
 
 __all__ = [
     "Interpolant",
@@ -56,7 +57,7 @@ class Interpolant:
     """x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z with alpha = path.alpha, beta = path.sigma, gamma^2 = a t(1-t).
 
     path: a Path (or its name) with alpha(0) = 1, alpha(1) = 0, sigma(0) = 0, sigma(1) = 1, e.g. "rf" or "cosine".
-    a: strength of the latent noise (0: no latent term; MATH.md §5.2 uses a = 2).
+    a: strength of the latent noise (0: no latent term; the Gaussian closed forms below are tested with a = 2).
     """
 
     def __init__(self, path: Path | str = "rf", a: float = 0.0):
@@ -169,7 +170,7 @@ def flip_time(field: Callable, velocity: bool = True) -> Callable:
     return lambda x, t: sign * field(x, 1 - t)
 
 
-# -- closed forms for Gaussian endpoints (MATH.md §5.2): the test oracle ---------------------------
+# -- closed forms for Gaussian endpoints: the test oracle (check SI-1) --------------------------------
 def _gaussian_parts(interp: Interpolant, data: Gaussian, base: Gaussian, t, x):
     """Mean m_t, its derivative, Sigma_t and Sigma_t'/2 of x_t, shaped [N|1, D] and [N|1, D, D]."""
     tt = as_time(t, x).reshape(-1, 1, 1)
@@ -196,7 +197,7 @@ def gaussian_interpolant_law(interp: Interpolant, data: Gaussian, base: Gaussian
 
 
 def gaussian_interpolant_velocity(interp: Interpolant, data: Gaussian, base: Gaussian) -> Callable:
-    """b(x, t) = m_t' + (Sigma_t'/2) Sigma_t^{-1} (x - m_t) for Gaussian endpoints (MATH.md §5.2), t float or [N]."""
+    """b(x, t) = m_t' + (Sigma_t'/2) Sigma_t^{-1} (x - m_t) for Gaussian endpoints (check SI-1), t float or [N]."""
 
     def velocity(x, t):
         mean, dmean, cov, half_dcov = _gaussian_parts(interp, data, base, t, x)
@@ -207,7 +208,7 @@ def gaussian_interpolant_velocity(interp: Interpolant, data: Gaussian, base: Gau
 
 
 def gaussian_interpolant_score(interp: Interpolant, data: Gaussian, base: Gaussian) -> Callable:
-    """s(x, t) = -Sigma_t^{-1} (x - m_t) for Gaussian endpoints (MATH.md §5.2), t float or [N]."""
+    """s(x, t) = -Sigma_t^{-1} (x - m_t) for Gaussian endpoints (check SI-1), t float or [N]."""
 
     def score(x, t):
         mean, _, cov, _ = _gaussian_parts(interp, data, base, t, x)
@@ -216,7 +217,7 @@ def gaussian_interpolant_score(interp: Interpolant, data: Gaussian, base: Gaussi
     return score
 
 
-# -- the quadratic objectives (MATH.md §5.1) ------------------------------------------------------
+# -- the quadratic objectives (Albergo et al. 2023, Sec. 2; check SI-2) --------------------------------
 def quadratic_objective(field: Callable, interp: Interpolant, x0, x1, t, which: str = "velocity", z=None,
                         generator=None) -> torch.Tensor:
     """Monte-Carlo value of one of Albergo et al.'s objectives at time(s) t (float or [N]), on samples x0, x1 [N, D]:
@@ -251,10 +252,10 @@ def _strength(epsilon, t) -> float:
 
 
 def sde_family_drift(velocity: Callable, score: Callable, epsilon, backward: bool = True) -> Callable:
-    """Drift b - epsilon s (backward in t: base -> data) or b + epsilon s (forward: data -> base), MATH.md §5.1.
+    """Drift b - epsilon s (backward in t: base -> data) or b + epsilon s (forward: data -> base), Albergo et al. 2023.
 
     epsilon: a number or a function epsilon(t) >= 0. With epsilon = zeta^2 g^2 / 2 the backward drift is
-    solvers.reverse_drift(score, path, zeta) (MATH.md §0.1).
+    solvers.reverse_drift(score, path, zeta).
     """
     sign = -1.0 if backward else 1.0
 

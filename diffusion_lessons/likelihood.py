@@ -1,14 +1,14 @@
-"""Exact log-likelihoods through the probability-flow ODE, and bits per dimension (MATH.md §1.4).
+"""Exact log-likelihoods through the probability-flow ODE, and bits per dimension (Song et al. 2021, App. D.2).
 
 The PF-ODE dx/dt = v(x, t) = f(t) x - g(t)^2 / 2 * score(x, t) carries p_t to p_s for every pair of
-times (MATH.md §0.1). Along one of its solutions the density obeys the *instantaneous change of
+times (Song et al. 2021, eq. 13). Along one of its solutions the density obeys the *instantaneous change of
 variables* (Chen et al. 2018; Song et al. 2021, eq. 39)
 
     d/dt log p_t(x(t)) = -div v(x(t), t),
 
-so, solving from the data point x(eps) = x up to t = 1 and adding the prior's log-density there,
+so, solving from the data point x(t_min) = x up to t = 1 and adding the prior's log-density there,
 
-    log p_eps(x) = log p_1(x(1)) + int_eps^1 div v(x(t), t) dt.
+    log p_{t_min}(x) = log p_1(x(1)) + int_{t_min}^1 div v(x(t), t) dt.
 
 `log_likelihood` integrates the augmented state (x, Delta log p) with an adaptive Runge-Kutta
 solver from torchdiffeq. The divergence is either the exact trace of the Jacobian (D vector-Jacobian
@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from .paths import TARGETS, Path, convert
-from .solvers import pf_velocity
+from .sampling.ode import pf_velocity
 
 __all__ = ["log_likelihood", "LikelihoodResult", "divergence", "draw_probes", "bits_per_dim",
            "LIKELIHOOD_METHODS", "PROBES"]
@@ -43,9 +43,9 @@ Field = Callable[[torch.Tensor, object], torch.Tensor]
 class LikelihoodResult:
     """Details of one likelihood solve; every tensor has shape [N] except x_1 (like x)."""
 
-    log_prob: torch.Tensor  # log p_eps(x) = prior_log_prob + delta_log_prob  (nats)
+    log_prob: torch.Tensor  # log p_{t_min}(x) = prior_log_prob + delta_log_prob  (nats)
     prior_log_prob: torch.Tensor  # log p_1(x(1)) under the prior
-    delta_log_prob: torch.Tensor  # int_eps^1 div v(x(t), t) dt
+    delta_log_prob: torch.Tensor  # int_{t_min}^1 div v(x(t), t) dt
     x_1: torch.Tensor  # where the PF-ODE carries x at t = 1
     nfe: int  # number of evaluations of the field (each with its divergence)
 
@@ -56,7 +56,7 @@ def draw_probes(x: torch.Tensor, n_probes: int = 1, probe: str = "rademacher",
     """n_probes Hutchinson probes like x, shape [n_probes, *x.shape], with E[z z^T] = I per sample.
 
     probe "rademacher": entries +-1 with probability 1/2 (the smaller variance, 2 sum_{i!=j} J_s,ij^2);
-          "gaussian":   entries N(0, 1) (variance 2 ||J_s||_F^2), J_s = (J + J^T) / 2 (MATH.md §0.6).
+          "gaussian":   entries N(0, 1) (variance 2 ||J_s||_F^2), J_s = (J + J^T) / 2 (Hutchinson 1989).
     """
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; valid probes: {', '.join(PROBES)}")
@@ -136,11 +136,22 @@ def _gaussian_log_prob(x: torch.Tensor, std: float) -> torch.Tensor:
     return -0.5 * (flat / std).square().sum(1) - d * (math.log(std) + 0.5 * math.log(2 * math.pi))
 
 
-def _check_settings(path, eps, method, rtol, atol, target, prior):
+def _start_time(t_min, eps) -> float:
+    """The solve's start time: t_min, or `eps`, its old name (kept for old calls; eps is the noise elsewhere)."""
+    if eps is None:
+        name, value = "t_min", t_min
+    elif t_min != 1e-3:
+        raise ValueError("give the start time once: t_min (eps is its old name)")
+    else:
+        name, value = "eps", eps
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must lie in (0, 1): the solve runs from t = {name} to t = 1; got {value}")
+    return float(value)
+
+
+def _check_settings(path, method, rtol, atol, target, prior):
     if not isinstance(path, Path):
         raise TypeError(f"path must be a diffusion_lessons Path (e.g. dl.VP()); got {type(path).__name__}")
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in (0, 1): the solve runs from t = eps to t = 1; got {eps}")
     if method not in LIKELIHOOD_METHODS:
         raise ValueError(f"unknown method {method!r}; valid (adaptive) methods: {', '.join(LIKELIHOOD_METHODS)}")
     if not (rtol > 0 and atol > 0):
@@ -151,38 +162,44 @@ def _check_settings(path, eps, method, rtol, atol, target, prior):
         raise TypeError(f"prior must be None or have a log_prob(x) method; got {type(prior).__name__}")
 
 
-def log_likelihood(score: Field, path: Path, x: torch.Tensor, eps: float = 1e-3, prior=None,
+def log_likelihood(field: Field, path: Path, x: torch.Tensor, t_min: float = 1e-3, prior=None,
                    exact_divergence: bool = True, n_probes: int = 1, rtol: float = 1e-5, atol: float = 1e-5,
                    method: str = "dopri5", generator: torch.Generator | None = None, probe: str = "rademacher",
-                   target: str = "score", return_details: bool = False):
-    """log p_eps(x) [N] of the model defined by `score` and `path`, through the PF-ODE (MATH.md §1.4).
+                   target: str = "score", return_details: bool = False, eps: float | None = None):
+    """log p_{t_min}(x) [N] of the model defined by `field` and `path`, through the PF-ODE (Song et al. 2021,
+    eq. 39; check SDE-4).
 
-    Solves d/dt (x, Delta) = (v(x, t), div v(x, t)) from t = eps (x(eps) = x, Delta = 0) to t = 1 with
+    Solves d/dt (x, Delta) = (v(x, t), div v(x, t)) from t = t_min (x(t_min) = x, Delta = 0) to t = 1 with
     v = f x - g^2 / 2 * score (`pf_velocity`), and returns log p_1(x(1)) + Delta(1).
 
-    score: field(x, t) -> tensor like x; with target="eps" / "x0" / "velocity" / "v" the field predicts
-      that instead and is converted with `convert` (so a network trained with `fit` can be passed as is).
-    x: [N, ...] points at time eps (float32 or float64; the solve runs in x's dtype).
-    prior: None for N(0, sigma_1^2 I); else any object whose log_prob takes x(1) flattened to [N, D],
-      e.g. `dist.noised(path, 1.0)`, the exact p_1 (alpha_1 is small but not zero for VP).
+    field: field(x, t) -> tensor like x predicting `target`: the score by default; with target="eps" /
+      "x0" / "velocity" it is converted with `convert` (so a network trained with `fit` is passed as is).
+    x: [N, ...] points at time t_min (float32 or float64; the solve runs in x's dtype).
+    t_min: where the solve starts; the density is that of the data smoothed to t_min, p_{t_min}, which
+      differs from p_0 by O(t_min) (check SDE-4). eps: the old name of t_min (accepted, not both).
+    prior: None for N(0, sigma_1^2 I), which is *not* p_1 when alpha_1 != 0: on VP(0.1, 20),
+      alpha_1 = 6.6e-3 and log p_1(y) - log N(y; 0, sigma_1^2 I) ~ alpha_1 E[x0].y / sigma_1^2 to first
+      order, about 7e-3 nats at |y| = 1 for data with |E x0| = 1 (zero to first order for centred data).
+      When the data law is known, pass the exact one, e.g. `dist.noised(path, 1.0)`; else any object
+      whose log_prob takes x(1) flattened to [N, D].
     exact_divergence: exact trace (D backward passes an evaluation) or Hutchinson with n_probes probes
       of kind `probe` drawn once from `generator` and fixed for the whole solve.
     rtol, atol, method: of torchdiffeq's adaptive solver (Song et al. use RK45 with 1e-5, 1e-5).
     return_details: return a LikelihoodResult (log_prob, prior_log_prob, delta_log_prob, x_1, nfe).
-    The comparison point is p_eps, not p_0: the two differ by O(eps) (MATH.md SDE-4). The result is
-    detached: this evaluates a density, it does not give gradients for training.
+    The result is detached: this evaluates a density, it does not give gradients for training.
     """
+    t_min = _start_time(t_min, eps)
     _check_x(x)
-    _check_settings(path, eps, method, rtol, atol, target, prior)
+    _check_settings(path, method, rtol, atol, target, prior)
     try:
         from torchdiffeq import odeint
     except ImportError as err:
         raise ImportError("log_likelihood needs torchdiffeq: `pip install torchdiffeq`") from err
     if target == "score":
-        velocity = pf_velocity(score, path)
+        velocity = pf_velocity(field, path)
     else:
         def velocity(y, t):
-            return convert(score(y, t), target, "velocity", y, t, path)
+            return convert(field(y, t), target, "velocity", y, t, path)
     probes = None if exact_divergence else draw_probes(x, n_probes, probe, generator)
     nfe = 0
 
@@ -192,7 +209,7 @@ def log_likelihood(score: Field, path: Path, x: torch.Tensor, eps: float = 1e-3,
         t = min(max(float(s), 0.0), 1.0)  # stage times may round an ulp past the ends
         return _value_and_divergence(velocity, state[0], t, probes)
 
-    times = torch.tensor([eps, 1.0], dtype=x.dtype, device=x.device)
+    times = torch.tensor([t_min, 1.0], dtype=x.dtype, device=x.device)
     start = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     # step_t: land exactly on t = 1 instead of stepping past it (paths are defined on [0, 1] only)
     xs, deltas = odeint(augmented, start, times, rtol=rtol, atol=atol, method=method,
@@ -212,7 +229,7 @@ def log_likelihood(score: Field, path: Path, x: torch.Tensor, eps: float = 1e-3,
 
 # -- bits per dimension ------------------------------------------------------------------------------
 def bits_per_dim(log_likelihood, D: int, data_range_width: float = 2.0, levels: int = 256):
-    """Bits per dimension of quantised data from a continuous log-density (MATH.md §1.4):
+    """Bits per dimension of quantised data from a continuous log-density (Theis et al. 2016; Song et al. 2021):
 
         bpd = -log p(x) / (D ln 2) + log2(levels / w),
 
@@ -225,8 +242,8 @@ def bits_per_dim(log_likelihood, D: int, data_range_width: float = 2.0, levels: 
     only if the density was fitted and evaluated on uniformly dequantised data, x = (k + u) w / levels
     + lower end, u ~ U[0, 1)^D, averaged over u. A density fitted to the raw quantised values can pile
     up on the grid points, and then log p grows without bound and the "bpd" can even go negative:
-    it measures nothing. Also, log_likelihood gives log p_eps, the data smoothed at noise level
-    sigma_eps; that is the standard convention, and it is harmless while sigma_eps << w / levels.
+    it measures nothing. Also, log_likelihood gives log p_{t_min}, the data smoothed at noise level
+    sigma(t_min); that is the standard convention, and it is harmless while sigma(t_min) << w / levels.
     """
     if int(D) != D or D < 1:
         raise ValueError(f"D (dimensions per sample) must be a positive integer; got {D}")

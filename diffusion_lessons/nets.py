@@ -7,7 +7,8 @@ the loss it is trained with, not by the network.
 
 * ``TimeMLP``   -- vectors [N, dim] (2-D toy sets);
 * ``UNet``      -- images [N, C, H, W] (16x16, 32x32 digits);
-* ``EnergyNet`` -- a scalar energy E(x, t) whose field is -grad_x E: conservative by construction.
+* ``EnergyNet`` -- a scalar energy E(x, t) whose field is -grad_x E: conservative by construction;
+* ``FlowMapMLP``, ``FlowMapUNet`` -- two times, ``model(x, t, r, y=None)``: flow maps from t to r <= t.
 
 Every model keeps its constructor arguments in ``model.config`` (``{"class": ..., **kwargs}``), and
 ``build_model(model.config)`` rebuilds it: that is what checkpoints store.
@@ -17,12 +18,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from .paths import expand_time
 
-__all__ = ["TimeEmbedding", "TimeMLP", "UNet", "EnergyNet", "build_model", "MODELS"]
+__all__ = ["TimeEmbedding", "TimeMLP", "UNet", "EnergyNet", "FlowMapMLP", "FlowMapUNet", "build_model", "MODELS"]
 
 
 class TimeEmbedding(nn.Module):
@@ -175,19 +176,23 @@ class UNet(nn.Module):
 
     Each level i has width base * mults[i]: a residual block (GroupNorm, SiLU, time/label
     conditioning), then a stride-2 convolution; the way up mirrors it with transposed convolutions
-    and skip connections; a residual block sits in the middle.
+    and skip connections; a residual block sits in the middle. cond_channels > 0: the network also
+    sees an image `cond` [N, cond_channels, H, W] (e.g. the degraded image of a restoration model),
+    stacked onto x at the input: forward(x, t, cond=...).
     """
 
     def __init__(self, channels: int = 1, base: int = 32, mults=(1, 2), time_dim: int = 64,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, cond_channels: int = 0):
         super().__init__()
         mults = tuple(int(m) for m in mults)
         self.config = {"class": "UNet", "channels": channels, "base": base, "mults": list(mults),
                        "time_dim": time_dim, "num_classes": num_classes}
-        self.channels, self.factor = channels, 2 ** len(mults)
+        if cond_channels:  # only then, so that the configs (and cache keys) of other UNets stay as they were
+            self.config["cond_channels"] = int(cond_channels)
+        self.channels, self.cond_channels, self.factor = channels, int(cond_channels), 2 ** len(mults)
         self.owner = f"UNet(channels={channels}, mults={mults})"
         self.cond = _Conditioning(self.owner, time_dim, num_classes)
-        self.inp = nn.Conv2d(channels, base, 3, padding=1)
+        self.inp = nn.Conv2d(channels + self.cond_channels, base, 3, padding=1)
         widths, width = [base * m for m in mults], base
         self.down, self.pool = nn.ModuleList(), nn.ModuleList()
         for w in widths:
@@ -202,12 +207,18 @@ class UNet(nn.Module):
             width = w
         self.out = nn.Sequential(nn.GroupNorm(_groups(width), width), nn.SiLU(), nn.Conv2d(width, channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t, y: torch.Tensor | None = None, cond: torch.Tensor | None = None):
+        self._check_images(x)
+        return self._trunk(self._with_condition(x, cond), self.cond(t, x, y))
+
+    def _check_images(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.channels or x.shape[2] % self.factor or x.shape[3] % self.factor:
             raise ValueError(f"{self.owner} expects x of shape [N, {self.channels}, H, W] with H, W divisible "
                              f"by {self.factor}; got {list(x.shape)}")
         _check_dtype(self.owner, x, self)
-        c = self.cond(t, x, y)
+
+    def _trunk(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The UNet itself, on images x [N, C (+ cond_channels), H, W] with one conditioning vector c [N, time_dim]."""
         h, skips = self.inp(x), []
         for block, pool in zip(self.down, self.pool):
             h = block(h, c)
@@ -218,8 +229,76 @@ class UNet(nn.Module):
             h = block(torch.cat([unpool(h), skips.pop()], dim=1), c)
         return self.out(h)
 
+    def _with_condition(self, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        """x with the condition image stacked on as extra channels (x itself when cond_channels = 0)."""
+        if not self.cond_channels:
+            if cond is not None:
+                raise ValueError(f"{self.owner} was built without cond_channels and takes no condition image")
+            return x
+        want = [x.shape[0], self.cond_channels, *x.shape[2:]]
+        if cond is None or list(cond.shape) != want:
+            got = "none" if cond is None else list(cond.shape)
+            raise ValueError(f"{self.owner} was built with cond_channels={self.cond_channels} and needs "
+                             f"cond of shape {want}; got {got}")
+        return torch.cat([x, cond.to(x.dtype)], dim=1)
 
-MODELS = {"TimeMLP": TimeMLP, "UNet": UNet, "EnergyNet": EnergyNet}
+
+class _StepConditioning(nn.Module):
+    """c_step [N, time_dim] = MLP(TimeEmbedding(t - r)): the step of a flow map from t to r <= t."""
+
+    def __init__(self, owner: str, time_dim: int):
+        super().__init__()
+        self.owner, self.embed = owner, TimeEmbedding(time_dim)
+        self.mlp = nn.Sequential(nn.Linear(time_dim, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
+
+    def forward(self, t, r, x: torch.Tensor) -> torch.Tensor:
+        t, r = _batch_time(t, x), _batch_time(r, x)
+        if not torch.compiler.is_compiling() and bool((r > t).any()):
+            raise ValueError(f"{self.owner} maps x from time t to an earlier time r <= t (t = 0 data, t = 1 noise); "
+                             f"got r > t, e.g. t = {t[r > t][0].item():.4g}, r = {r[r > t][0].item():.4g}")
+        return self.mlp(self.embed(t - r))
+
+
+class FlowMapMLP(TimeMLP):
+    """Two-time MLP for vectors: out = MLP([x, c(t, y) + c_step(t - r)]), x [N, dim] -> [N, dim].
+
+    forward(x, t, r, y=None): a flow-map network, trained to give Phi_{t -> r}(x) through a
+    parameterisation (e.g. x - (t - r) out, the average velocity of MeanFlow and shortcut models).
+    t, r: floats or tensors [N] with r <= t. The step enters as a second embedding added to the
+    time's, as in the DiTs of Frans et al. (2024) and Geng et al. (2025).
+    """
+
+    def __init__(self, dim: int, hidden: int = 128, depth: int = 3, time_dim: int = 32,
+                 num_classes: int | None = None):
+        super().__init__(dim, hidden, depth, time_dim, num_classes)
+        self.config["class"], self.owner = "FlowMapMLP", f"FlowMapMLP(dim={dim})"
+        self.cond.owner = self.owner
+        self.step = _StepConditioning(self.owner, time_dim)
+
+    def forward(self, x: torch.Tensor, t, r, y: torch.Tensor | None = None) -> torch.Tensor:
+        _check_vectors(self.owner, x, self.dim, self)
+        return self.net(torch.cat([x, self.cond(t, x, y) + self.step(t, r, x)], dim=1))
+
+
+class FlowMapUNet(UNet):
+    """Two-time UNet for images: forward(x, t, r, y=None), the conditioning c(t, y) + c_step(t - r)
+    feeding every residual block (see FlowMapMLP for what the two times mean)."""
+
+    def __init__(self, channels: int = 1, base: int = 32, mults=(1, 2), time_dim: int = 64,
+                 num_classes: int | None = None):
+        super().__init__(channels, base, mults, time_dim, num_classes)
+        self.config["class"] = "FlowMapUNet"
+        self.owner = self.cond.owner = f"FlowMapUNet(channels={channels}, mults={tuple(self.config['mults'])})"
+        self.step = _StepConditioning(self.owner, time_dim)
+
+    def forward(self, x: torch.Tensor, t, r, y: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_images(x)
+        return self._trunk(x, self.cond(t, x, y) + self.step(t, r, x))
+
+
+# Wrappers defined elsewhere register themselves here too (flow_maps.consistency: ConsistencyModel).
+MODELS = {"TimeMLP": TimeMLP, "UNet": UNet, "EnergyNet": EnergyNet, "FlowMapMLP": FlowMapMLP,
+          "FlowMapUNet": FlowMapUNet}
 
 
 def build_model(config: dict) -> nn.Module:

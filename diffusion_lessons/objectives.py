@@ -1,4 +1,4 @@
-"""The training losses of the three views, sharing one draw of (x0, t, eps) (MATH.md §1.2, §6.2).
+"""The training losses of the three views, sharing one draw of (x0, t, eps) (Ho et al. 2020; Song et al. 2021).
 
 Draw t ~ U(t_min, 1), eps ~ N(0, I) and x_t = alpha_t x0 + sigma_t eps. Each view regresses the
 network on a *conditional* target that is known given (x0, eps):
@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from .paths import TARGETS, Path, convert, expand_time
+from .paths import TARGETS, Path, convert, expand_time, from_x0_eps
 
 __all__ = ["draw", "draw_noise", "target_value", "loss"]
 
@@ -62,20 +62,12 @@ def target_value(target: str, x0: torch.Tensor, eps: torch.Tensor, t, path: Path
     """The conditional regression target for x_t = alpha_t x0 + sigma_t eps (shape of x0).
 
     eps -> eps;  x0 -> x0;  score -> -eps / sigma_t;  velocity -> alpha'_t x0 + sigma'_t eps;
-    v -> alpha_t eps - sigma_t x0 (Salimans & Ho, for alpha^2 + sigma^2 = 1).
+    v -> (alpha_t eps - sigma_t x0) / sqrt(alpha_t^2 + sigma_t^2) (Salimans & Ho's v on every path; see
+    paths.convert).
     """
-    tt = expand_time(t, x0)
-    if target == "eps":
-        return eps
-    if target == "x0":
-        return x0
-    if target == "score":
-        return -eps / path.sigma(tt)
-    if target == "velocity":
-        return path.dalpha(tt) * x0 + path.dsigma(tt) * eps
-    if target == "v":
-        return path.alpha(tt) * eps - path.sigma(tt) * x0
-    raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
+    return from_x0_eps(x0, eps, target, expand_time(t, x0), path)
 
 
 def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Gaussian paths x_t = alpha(t) x0 + sigma(t) eps and the conversions between prediction targets.
 
-Time convention, for every path in the package: t = 0 is data, t = 1 is noise (MATH.md §0.1).
+Time convention, for every path in the package: t = 0 is data, t = 1 is noise (Song et al. 2021 use the same direction).
 
 A path fixes the forward process three equivalent ways:
 
@@ -9,28 +9,35 @@ A path fixes the forward process three equivalent ways:
   f = alpha'/alpha  and  g^2 = 2 sigma sigma' - 2 f sigma^2;
 * the log signal-to-noise ratio  log SNR(t) = log(alpha_t^2 / sigma_t^2).
 
-Given x_t, the four prediction targets are affine in one another (MATH.md §0.3):
+Given x_t, the prediction targets are affine in one another (Kingma et al. 2021, App.; check PR-1):
 
     score = -eps / sigma,   x0 = (x + sigma^2 score) / alpha   (Tweedie),
-    velocity = alpha' x0 + sigma' eps = f x - g^2 / 2 * score.
+    velocity = alpha' x0 + sigma' eps = f x - g^2 / 2 * score,
+    v = (alpha eps - sigma x0) / sqrt(alpha^2 + sigma^2)   (see `convert`).
 
 `convert` implements these maps once, so no other module needs an `if target == ...` chain.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 
-__all__ = ["Path", "VP", "SubVP", "VE", "RectifiedFlow", "Cosine", "convert", "TARGETS", "PATHS", "make_path"]
+__all__ = ["Path", "VP", "SubVP", "VE", "RectifiedFlow", "Cosine", "EDM", "convert", "TARGETS", "PATHS", "make_path"]
 
 TARGETS = ("eps", "x0", "score", "velocity", "v")
 
 
-def as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
+def as_time(t, like: torch.Tensor | None = None, extend: bool = False) -> torch.Tensor:
     """Return `t` as a tensor (float64 for Python numbers, else on `like`'s device and dtype).
 
     Raises ValueError when any time lies outside [0, 1], the only interval on which paths are defined.
+    extend=True is for fields (exact scores, PF-ODE velocities): any finite time is accepted and clamped
+    into [0, 1], so a field is extended past each end by its value there. Adaptive solvers need this:
+    torchdiffeq's dopri5 steps past the final time and interpolates back, and on a smooth field its
+    last step can reach far outside (t = -76 on [1, 1e-3] for Gaussian data at rtol 1e-10). The ODE
+    with the extended field has the same solution on [0, 1]. NaN and infinite times still raise.
     """
     if like is not None and not like.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor (float32 or float64); got {like.dtype}: "
@@ -45,17 +52,31 @@ def as_time(t, like: torch.Tensor | None = None) -> torch.Tensor:
         out = out.to(torch.get_default_dtype())
     # the check reads a device value back to the host; torch.compile traces it as a graph break, so it is
     # skipped while compiling (fit's compiled loss gets its times from torch.rand, always in [0, 1])
-    if out.numel() and not torch.compiler.is_compiling() and not bool(((out >= 0) & (out <= 1)).all()):
-        bad = out[(out < 0) | (out > 1) | torch.isnan(out)].flatten()[:3].tolist()
-        raise ValueError(f"time must lie in [0, 1] (t = 0 data, t = 1 noise); got {bad}")
-    return out
+    if out.numel() and not torch.compiler.is_compiling():
+        bad = ~torch.isfinite(out) if extend else ~((out >= 0) & (out <= 1))
+        if bool(bad.any()):
+            where = "a finite time (a field clamps it into [0, 1])" if extend else "in [0, 1]"
+            raise ValueError(f"time must lie {where} (t = 0 data, t = 1 noise); got {out[bad].flatten()[:3].tolist()}")
+    return out.clamp(0.0, 1.0) if extend else out
 
 
-def expand_time(t, x: torch.Tensor) -> torch.Tensor:
-    """Time as a tensor shaped to broadcast against x ([N] -> [N, 1, ..., 1]); scalar stays scalar."""
-    t = as_time(t, x)
+def field_time(t, like: torch.Tensor | None = None):
+    """`t` clamped into [0, 1] for evaluating a field (`as_time(..., extend=True)`), in t's own type:
+    a Python float stays a float (fields and networks treat a float as one time for the whole batch)."""
+    if isinstance(t, torch.Tensor):
+        return as_time(t, like, extend=True)
+    return float(as_time(t, extend=True))
+
+
+def expand_time(t, x: torch.Tensor, extend: bool = False) -> torch.Tensor:
+    """Time as a tensor shaped to broadcast against x ([N] -> [N, 1, ..., 1]); scalar stays scalar.
+    extend: clamp times just outside [0, 1] into it, as fields do (`as_time`)."""
+    t = as_time(t, x, extend)
     if t.dim() == 0:
         return t
+    if x.dim() == 0:
+        raise ValueError(f"x must be a batch [N, ...] to take one time per sample; got a 0-d x and t of shape "
+                         f"{list(t.shape)}")
     if t.dim() != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(
             f"t must be a float or a tensor of shape [N] = [{x.shape[0]}] matching x's batch; "
@@ -89,7 +110,7 @@ class Path:
         return self.dalpha(t) / self.alpha(t)
 
     def g2(self, t) -> torch.Tensor:
-        """Squared diffusion coefficient g^2 = d(sigma^2)/dt - 2 f sigma^2 (MATH.md §0.1)."""
+        """Squared diffusion coefficient g^2 = d(sigma^2)/dt - 2 f sigma^2 (Song et al. 2021, App. B)."""
         sigma = self.sigma(t)
         return 2 * sigma * self.dsigma(t) - 2 * self.f(t) * sigma**2
 
@@ -185,7 +206,7 @@ class VE(Path):
     """Variance-exploding path (SMLD): alpha = 1, sigma = sqrt(s(t)^2 - s_min^2), s(t) = s_min (s_max/s_min)^t.
 
     With this sigma the kernel is exact for the SDE dx = sqrt(d s^2/dt) dw started at t = 0
-    (Song's code uses s(t) itself as the kernel std; MATH.md appendix B, pitfall 2).
+    (Song et al.'s code uses s(t) itself as the kernel std).
     g^2 = 2 s(t)^2 log(s_max / s_min).
     """
 
@@ -265,22 +286,71 @@ class Cosine(Path):
         return 0.5 * math.pi * self.alpha(t)
 
 
-PATHS = {"vp": VP, "subvp": SubVP, "ve": VE, "rf": RectifiedFlow, "cosine": Cosine}
+class EDM(Path):
+    """The path of Karras et al. (2022), EDM: alpha = 1, sigma = sigma_max * t (their sigma(t) = t, s(t) = 1,
+    with time rescaled to [0, 1]). f = 0, g^2 = d sigma^2 / dt = 2 sigma_max^2 t.
+
+    The PF-ODE in sigma is EDM's dx/dsigma = (x - D(x; sigma)) / sigma with D = x0_hat.
+    """
+
+    name = "edm"
+
+    def __init__(self, sigma_max: float = 80.0):
+        if not 0 < sigma_max < math.inf:
+            raise ValueError(f"EDM needs a finite sigma_max > 0 (sigma = sigma_max * t); got sigma_max={sigma_max}")
+        self.sigma_max = float(sigma_max)
+
+    def alpha(self, t):
+        return torch.ones_like(as_time(t))
+
+    def sigma(self, t):
+        return self.sigma_max * as_time(t)
+
+    def dalpha(self, t):
+        return torch.zeros_like(as_time(t))
+
+    def dsigma(self, t):
+        return torch.full_like(as_time(t), self.sigma_max)
+
+    def f(self, t):
+        return torch.zeros_like(as_time(t))
+
+    def g2(self, t):
+        return 2 * self.sigma_max**2 * as_time(t)
+
+
+PATHS = {"vp": VP, "subvp": SubVP, "ve": VE, "rf": RectifiedFlow, "cosine": Cosine, "edm": EDM}
 
 
 def make_path(name: str | dict | Path, **kwargs) -> Path:
-    """Build a path from its name ("vp", "subvp", "ve", "rf", "cosine"), a `Path.config()` dict, or a Path."""
+    """Build a path from its name ("vp", "subvp", "ve", "rf", "cosine", "edm"), a `Path.config()` dict, or a Path.
+
+    kwargs (or the dict's other keys) are the path's parameters; an unknown one is a ValueError naming it.
+    """
     if isinstance(name, Path):
         return name
     if isinstance(name, dict):
+        if "name" not in name:
+            raise ValueError(f"a path config needs a 'name' key (one of {', '.join(PATHS)}), as Path.config() "
+                             f"writes it; got keys {sorted(map(str, name))}")
         kwargs = {**{k: v for k, v in name.items() if k != "name"}, **kwargs}
         name = name["name"]
-    key = str(name).lower().replace("-", "").replace("_", "")
+    if not isinstance(name, str):
+        raise ValueError(f"a path is a name ({', '.join(PATHS)}), a Path.config() dict or a Path; got {name!r}")
+    key = name.lower().replace("-", "").replace("_", "")
     aliases = {"rectifiedflow": "rf", "flow": "rf", "vesde": "ve", "vpsde": "vp"}
     key = aliases.get(key, key)
     if key not in PATHS:
         raise ValueError(f"unknown path {name!r}; valid paths: {', '.join(PATHS)}")
-    return PATHS[key](**kwargs)
+    allowed = list(inspect.signature(PATHS[key]).parameters)
+    unknown = [k for k in kwargs if k not in allowed]
+    if unknown:
+        raise ValueError(f"unknown parameter {unknown[0]!r} for path {key!r}; "
+                         + (f"valid parameters: {', '.join(allowed)}" if allowed else "it takes no parameters"))
+    try:
+        return PATHS[key](**kwargs)
+    except TypeError as err:  # e.g. a string where a number belongs
+        raise ValueError(f"bad parameters {kwargs} for path {key!r}: they must be numbers ({err})") from None
 
 
 def _to_x0_eps(value, src, x, t, path):
@@ -298,12 +368,15 @@ def _to_x0_eps(value, src, x, t, path):
         da, ds = path.dalpha(t), path.dsigma(t)
         det = a * ds - s * da
         return (ds * x - s * value) / det, (a * value - da * x) / det
-    if src == "v":  # v = alpha eps - sigma x0, for alpha^2 + sigma^2 = 1 (Salimans & Ho)
-        return a * x - s * value, s * x + a * value
+    if src == "v":  # (x / r, v) is (x0, eps) turned by the angle phi = atan2(sigma, alpha): turn it back
+        r = torch.sqrt(a**2 + s**2)
+        c, sn, z = a / r, s / r, x / r
+        return c * z - sn * value, sn * z + c * value
     raise ValueError(f"unknown target {src!r}; valid targets: {', '.join(TARGETS)}")
 
 
-def _from_x0_eps(x0, eps, dst, x, t, path):
+def from_x0_eps(x0, eps, dst: str, t, path):
+    """The prediction of type dst that the pair (x0, eps) gives at t (t shaped to broadcast against x0)."""
     if dst == "eps":
         return eps
     if dst == "x0":
@@ -313,23 +386,57 @@ def _from_x0_eps(x0, eps, dst, x, t, path):
     if dst == "velocity":
         return path.dalpha(t) * x0 + path.dsigma(t) * eps
     if dst == "v":
-        return path.alpha(t) * eps - path.sigma(t) * x0
+        a, s = path.alpha(t), path.sigma(t)
+        return (a * eps - s * x0) / torch.sqrt(a**2 + s**2)
     raise ValueError(f"unknown target {dst!r}; valid targets: {', '.join(TARGETS)}")
 
 
 def convert(value: torch.Tensor, src: str, dst: str, x: torch.Tensor, t, path: Path) -> torch.Tensor:
-    """Convert a prediction at (x, t) from one target to another (MATH.md §0.3).
+    """Convert a prediction at (x, t) from one target to another (check PR-1).
 
     value, x: tensors [N, ...] of the same shape; t: float or tensor [N];
-    src, dst in {"eps", "x0", "score", "velocity", "v"} ("v" needs alpha^2 + sigma^2 = 1).
+    src, dst in {"eps", "x0", "score", "velocity", "v"}.
+
+    "v" is Salimans & Ho's (2022, Appendix D) v-prediction, defined on every path as
+
+        v = (alpha eps - sigma x0) / r,   r = sqrt(alpha^2 + sigma^2):
+
+    with cos(phi) = alpha / r and sin(phi) = sigma / r, x / r = cos(phi) x0 + sin(phi) eps is a
+    variance-preserving path and v = d(x / r)/d(phi) is its v, so where alpha^2 + sigma^2 = 1 (VP, cosine)
+    this is their v = alpha eps - sigma x0. Unlike alpha eps - sigma x0, it has unit variance for
+    unit-variance data on every path (not sigma_max on VE), and on VE it is minus the target of
+    Karras et al.'s (2022, Table 1) preconditioned network F with sigma_data = 1. (x0, eps) -> (x / r, v)
+    is a rotation by phi, so v converts to and from the other targets without loss wherever they exist.
     """
     for name in (src, dst):
         if name not in TARGETS:
             raise ValueError(f"unknown target {name!r}; valid targets: {', '.join(TARGETS)}")
     if value.shape != x.shape:
         raise ValueError(f"value and x must have the same shape; got {list(value.shape)} and {list(x.shape)}")
+    if not value.is_floating_point():
+        raise ValueError(f"value must be a floating-point tensor (a prediction); got {value.dtype}: "
+                         "convert it with value.float() or value.double()")
     if src == dst:
         return value
     tt = expand_time(t, x)
     x0, eps = _to_x0_eps(value, src, x, tt, path)
-    return _from_x0_eps(x0, eps, dst, x, tt, path)
+    out = from_x0_eps(x0, eps, dst, tt, path)
+    # one check (a host sync, skipped while torch.compile traces): finite in, finite out, or say why not
+    if not torch.compiler.is_compiling() and not bool(torch.isfinite(out).all()):
+        _refuse_non_finite(out, value, x, tt, src, dst, path)
+    return out
+
+
+def _refuse_non_finite(out, value, x, tt, src: str, dst: str, path: Path) -> None:
+    """ValueError naming the time when `out` is NaN or infinite where value and x are finite: the map from src
+    to dst divides there by a coefficient that vanishes (sigma_t = 0 at t = 0; alpha_t = 0 at t = 1 on rf
+    and cosine) or overflows the dtype. Non-finite input stays the caller's: it passes through, row by row."""
+    bad = ~torch.isfinite(out) & torch.isfinite(value) & torch.isfinite(x)
+    if not bool(bad.any()):
+        return
+    row = int(bad.reshape(len(bad) if bad.dim() else 1, -1).any(dim=1).nonzero()[0]) if tt.dim() else 0
+    at = tt.flatten()[row] if tt.dim() else tt
+    t, a, s = float(at), float(path.alpha(at)), float(path.sigma(at))
+    raise ValueError(f"convert from {src!r} to {dst!r} is undefined at t = {t:g} on {path.name} (alpha_t = {a:g}, "
+                     f"sigma_t = {s:g}): it divides by a coefficient that is 0 or infinite there, or overflows "
+                     f"{out.dtype}; use times inside (0, 1), away from where alpha_t or sigma_t vanish")

@@ -32,6 +32,10 @@ __all__ = [
     "plot_trajectories",
     "plot_histogram_vs_density",
     "plot_image_grid",
+    "plot_curves",
+    "plot_bands",
+    "plot_heatmap",
+    "plot_histograms",
     "animate_densities",
     "animate_particles",
     "animation_html",
@@ -147,7 +151,8 @@ def plot_density_grid(log_probs: Sequence[Callable], titles: Sequence[str] | Non
     """A row of panels, one density each: exp(log_prob(points)) on an n x n grid over extent.
 
     log_probs: callables points [M, 2] (float64 tensor) -> log density [M]; samples: optional sequence
-    (one entry per panel, each [N, 2] or None) scattered on top. Each panel has its own colour scale.
+    (one entry per panel, each [N, 2] or None) scattered on top. Each panel has its own colour scale
+    (bright = its highest density); the ticks mark the extent, x on every panel, y on the first.
     Returns the Figure.
     """
     *_, pts = _grid(extent, n)
@@ -162,7 +167,7 @@ def plot_density_grid(log_probs: Sequence[Callable], titles: Sequence[str] | Non
             if samples is not None and samples[i] is not None:
                 pts_i = _check_2d(samples[i], "plot_density_grid")
                 ax.scatter(pts_i[:, 0], pts_i[:, 1], s=1.5, c="white", alpha=0.5, linewidths=0)
-            ax.set(xlim=extent[:2], ylim=extent[2:], xticks=[], yticks=[])
+            ax.set(xlim=extent[:2], ylim=extent[2:], xticks=extent[:2], yticks=extent[2:] if i == 0 else [])
             if titles is not None:
                 ax.set_title(titles[i])
     return fig
@@ -308,6 +313,93 @@ def plot_image_grid(images, nrow: int = 8, ax=None, value_range=(-1.0, 1.0), tit
         if title is not None:
             ax.set_title(title)
     return ax
+
+
+# -- measured curves, bands, maps and histograms ------------------------------------------------------
+def _finish(ax, xlabel, ylabel, title, logx, logy, reverse_x, legend: bool):
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    if reverse_x:
+        ax.set_xlim(*sorted(ax.get_xlim(), reverse=True))
+    if legend and ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return ax
+
+
+def plot_curves(x, series: dict, ax=None, xlabel=None, ylabel=None, title=None, logx=False, logy=False,
+                reverse_x=False, marker: str = "o-", vlines: dict | None = None, hlines: dict | None = None,
+                legend: bool = True):
+    """One curve per entry of series {label: y} (y [M], plotted against x [M]) or {label: (x_i, y_i)}.
+
+    marker: one matplotlib format string ("o-", "--", ...) or one per series; vlines / hlines:
+    {label: position} drawn as dotted reference lines; reverse_x: x decreasing to the right (time in
+    the direction of sampling). Returns the Axes.
+    """
+    with style():
+        ax = _axes(ax, figsize=(6.2, 3.6))
+        markers = [marker] * len(series) if isinstance(marker, str) else list(marker)
+        for (label, y), m in zip(series.items(), markers):
+            xi, yi = y if isinstance(y, tuple) else (x, y)
+            ax.plot(_numpy(xi), _numpy(yi), m, ms=3, label=label)
+        for label, pos in (vlines or {}).items():
+            ax.axvline(float(pos), color="k", ls=":", lw=1, label=label)
+        for label, pos in (hlines or {}).items():
+            ax.axhline(float(pos), color="k", ls=":", lw=1, label=label)
+        return _finish(ax, xlabel, ylabel, title, logx, logy, reverse_x, legend)
+
+
+def plot_bands(x, bands: dict, ax=None, xlabel=None, ylabel=None, title=None, logy=True, floor: float = 1e-17):
+    """Median line and shaded band per entry of bands {label: q [M, 3]} (columns: low, median, high
+    quantiles, e.g. 10 %, 50 %, 90 %) against x [M]; values are floored at `floor` for a log axis."""
+    with style():
+        ax = _axes(ax, figsize=(6.5, 4.0))
+        for label, q in bands.items():
+            q = np.maximum(_numpy(q), floor)
+            (line,) = ax.plot(_numpy(x), q[:, 1], "o-", ms=3, label=label)
+            ax.fill_between(_numpy(x), q[:, 0], q[:, 2], color=line.get_color(), alpha=0.15)
+        return _finish(ax, xlabel, ylabel, title, False, logy, False, True)
+
+
+def plot_heatmap(values, extent=None, ax=None, title=None, contours=None, colorbar: bool = True):
+    """A signed map values [ny, nx] in a diverging colour map centred on 0 (red > 0 > blue), rows from
+    bottom to top over extent (x_min, x_max, y_min, y_max), or a matrix (extent None: row 0 on top).
+    contours: optional [ny, nx] array drawn as thin black level lines (e.g. a density). Returns the Axes."""
+    v = _numpy(values)
+    lim = float(np.abs(v).max()) or 1.0
+    with style():
+        ax = _axes(ax)
+        origin = "upper" if extent is None else "lower"
+        im = ax.imshow(v, extent=extent, origin=origin, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        if contours is not None:
+            c = _numpy(contours)
+            xs = np.linspace(extent[0], extent[1], c.shape[1])
+            ys = np.linspace(extent[2], extent[3], c.shape[0])
+            ax.contour(xs, ys, c, levels=6, colors="k", linewidths=0.6)
+        if extent is None:
+            ax.set(xticks=[], yticks=[])
+        if colorbar:
+            ax.figure.colorbar(im, ax=ax, shrink=0.85)
+        ax.set_title(title)
+    return ax
+
+
+def plot_histograms(values: dict, bins=40, ax=None, xlabel=None, ylabel="count", title=None, logx=False):
+    """Overlaid histograms, one per entry of values {label: samples [N]}; with logx the bins are
+    logarithmic (an integer `bins` spans the positive values given) and zeros are floored at 1e-18."""
+    data = {k: _numpy(v).ravel() for k, v in values.items()}
+    if logx:
+        data = {k: np.maximum(v, 1e-18) for k, v in data.items()}
+        if np.isscalar(bins):
+            everything = np.concatenate(list(data.values()))
+            bins = np.logspace(np.log10(everything.min()), np.log10(everything.max()) + 1e-9, int(bins) + 1)
+    with style():
+        ax = _axes(ax, figsize=(6.0, 3.8))
+        for label, v in data.items():
+            ax.hist(v, bins=bins, alpha=0.6, label=label)
+        return _finish(ax, xlabel, ylabel, title, logx, False, False, True)
 
 
 # -- animations that play in a static HTML page ------------------------------------------------------

@@ -44,6 +44,7 @@ from .checkpoints import (CHECKPOINT_MARKER, CheckpointError, checkpoint_payload
 from .nets import build_model
 from .objectives import draw_noise
 from .paths import TARGETS, Path
+from .validate import check_data, check_fit_settings, positive_real, whole_number
 
 __all__ = ["fit", "FitResult", "TrainingError", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "cache_dir", "CACHE_ENV", "CHECKPOINT_MARKER"]
@@ -94,14 +95,12 @@ def cache_dir() -> FilePath:
 
 def _settings(budget, steps, batch_size, lr, log_every) -> tuple[int, int, float, int]:
     """Steps, batch size, learning rate and logging interval; the ones not given come from the budget."""
-    steps = pick(smoke=300, laptop=3000, gpu=20000, budget=budget) if steps is None else int(steps)
-    batch_size = pick(smoke=256, laptop=512, gpu=4096, budget=budget) if batch_size is None else int(batch_size)
-    lr = pick(smoke=3e-3, laptop=2e-3, gpu=1e-3, budget=budget) if lr is None else float(lr)
-    log_every = max(1, steps // 100) if log_every is None else int(log_every)
-    if steps < 1 or batch_size < 1 or not lr > 0 or log_every < 1:
-        raise ValueError(f"fit needs steps >= 1, batch_size >= 1, lr > 0 and log_every >= 1; "
-                         f"got {steps}, {batch_size}, {lr}, {log_every}")
-    return steps, batch_size, lr, log_every
+    steps = pick(smoke=300, laptop=3000, gpu=20000, budget=budget) if steps is None else whole_number("steps", steps, 1)
+    batch_size = (pick(smoke=256, laptop=512, gpu=4096, budget=budget) if batch_size is None
+                  else whole_number("batch_size", batch_size, 1))
+    lr = pick(smoke=3e-3, laptop=2e-3, gpu=1e-3, budget=budget) if lr is None else positive_real("lr", lr, "1e-3")
+    log_every = max(1, steps // 100) if log_every is None else whole_number("log_every", log_every, 1)
+    return steps, batch_size, float(lr), log_every
 
 
 def _qualname(fn) -> str:
@@ -111,13 +110,16 @@ def _qualname(fn) -> str:
 def _fingerprint(data):
     """What identifies the data in the cache key.
 
-    Tensor: shape, dtype and SHA-256 of its bytes; object with config(): its class and config;
+    Tensor: shape, dtype and SHA-256 of its bytes; a pair (x, labels): the list of both;
+    object with config(): its class and config;
     functools.partial: function name and arguments; other callables: their qualified name (so two
     different lambdas look alike: give such data a config() method); anything else: its repr.
     """
     if isinstance(data, torch.Tensor):
         raw = data.detach().cpu().contiguous().flatten().view(torch.uint8).numpy()
         return {"shape": list(data.shape), "dtype": str(data.dtype), "sha256": hashlib.sha256(raw).hexdigest()}
+    if isinstance(data, (tuple, list)):  # (x, labels) of a class-conditional model
+        return [_fingerprint(v) for v in data]
     if callable(getattr(data, "config", None)):
         return {"class": type(data).__qualname__, "config": data.config()}
     if isinstance(data, functools.partial):
@@ -157,6 +159,15 @@ def _run_config(model, data, path, settings: dict, reinit: bool) -> dict:
         "model": model.config, "path": path.config(), "data": _fingerprint(data),
         "init": start, "version": _version(), "code": _code_hash(),
     }, sort_keys=True, default=repr))
+
+
+def _objective_config(objective) -> dict:
+    """fit's objective= argument checked (see fit) and described for the cache key."""
+    missing = [m for m in ("config", "draw", "loss", "ema_decay") if not callable(getattr(objective, m, None))]
+    if missing:
+        raise ValueError(f"objective must have the methods config, draw, loss and ema_decay; "
+                         f"{type(objective).__name__} lacks {', '.join(missing)}")
+    return {"class": _qualname(type(objective)), "config": objective.config()}
 
 
 def _cache_file(config: dict, name: str) -> FilePath:
@@ -225,10 +236,12 @@ def _check_window(run: _Run, lr: float) -> torch.Tensor:
 
 
 def _check_finite(run: _Run, lr: float) -> torch.Tensor:
-    """Before anything is written: the pending losses (returned) and all weights must be finite."""
+    """Before anything is written: the pending losses (returned) and all weights, EMA included, must be finite."""
     values = _check_window(run, lr)
     if not all(bool(torch.isfinite(p).all()) for p in run.model.parameters()):
         raise _diverged(run.step, "the weights are no longer finite", lr)
+    if not all(bool(torch.isfinite(p).all()) for p in run.ema.parameters()):
+        raise _diverged(run.step, "the EMA weights are no longer finite", lr)
     return values
 
 
@@ -267,20 +280,29 @@ def _partial_schedule(checkpoint_every: int | None, steps: int):
 def _train(run: _Run, next_batch, loss_step, s: dict, bar, save_partial) -> None:
     """AdamW on objectives.loss from run.step to s["steps"]; EMA decay warms up as min(decay, (1+k)/(10+k)).
 
-    Each step draws a global batch and its noise (u, eps) with the run's generators; loss_step
+    Each step draws a global batch and its noise (u, eps) with the run's generators (or what
+    s["objective"].draw draws, with the EMA rate it asks for), and for a class-conditional model drops
+    each label with probability s["label_dropout"] by a draw of the noise generator; loss_step
     (train_step.LossStep) takes this rank's rows, runs forward and backward and returns the loss.
     save_partial(run, window), when given (under DDP on every rank, writing on rank 0 only), is called at
     the steps the schedule picks, after the checks.
     """
     due = _partial_schedule(s["checkpoint_every"], s["steps"])
-    ema_update = train_step.ema_updater(run.ema, run.model)
+    ema_update, objective = train_step.ema_updater(run.ema, run.model), s.get("objective")
+    num_classes = _num_classes(run.model)
     for step in range(run.step + 1, s["steps"] + 1):
-        x0 = next_batch()
-        u, eps = draw_noise(x0, run.generators["noise"])
+        x0, y = next_batch() if num_classes else (next_batch(), None)
+        if objective is None:
+            noise, decay = draw_noise(x0, run.generators["noise"]), None
+        else:
+            noise = objective.draw(x0, run.generators["noise"], step, s["steps"])
+            decay = objective.ema_decay(step, s["steps"])
+        if num_classes:
+            y = train_step.drop_labels(y, s["label_dropout"], num_classes, run.generators["noise"])
         run.optimizer.zero_grad(set_to_none=True)
-        value = loss_step(x0, u, eps)
+        value = loss_step(x0, *noise, y=y)
         run.optimizer.step()
-        ema_update(min(s["ema_decay"], (1 + step) / (10 + step)))
+        ema_update(min(s["ema_decay"], (1 + step) / (10 + step)) if decay is None else decay)
         run.step = step
         run.window.append(value)
         if step % s["log_every"] == 0 or step == s["steps"]:
@@ -288,6 +310,11 @@ def _train(run: _Run, next_batch, loss_step, s: dict, bar, save_partial) -> None
         if save_partial is not None and due(step):
             save_partial(run, _check_finite(run, s["lr"]))
     _check_finite(run, s["lr"])
+
+
+def _num_classes(model) -> int | None:
+    """K for a class-conditional model (built with num_classes = K), else None."""
+    return (getattr(model, "config", None) or {}).get("num_classes") or None
 
 
 def _reinitialise(model, seed: int) -> None:
@@ -303,7 +330,7 @@ def _start(model, data, s: dict, seed: int, device):
     train_step.to_channels_last(model, device)
     ema = copy.deepcopy(model.train()).requires_grad_(False)
     next_batch, data_generator = train_step.batches(data, s["batch_size"], device, next(model.parameters()).dtype,
-                                                    seed, s["steps"])
+                                                    seed, s["steps"], _num_classes(model))
     noise_generator = torch.Generator(device=device).manual_seed(seed + 1)  # times and noise; data has `seed`
     optimizer = torch.optim.AdamW(model.parameters(), lr=s["lr"], fused=device.type == "cuda" or None)
     return _Run(model, ema, optimizer, {"data": data_generator, "noise": noise_generator}), next_batch
@@ -349,7 +376,7 @@ def _run_training(model, data, path, s: dict, seed: int, device, config, file, d
         channels_last = train_step.to_channels_last(model, device)  # done by _start; says whether
         loss_step = train_step.LossStep(distributed.wrap(model, device), model.parameters(), path, s, device,
                                         train_step.compile_mode(s["compile"], device, s["steps"] - run.step),
-                                        channels_last)
+                                        channels_last, ema=run.ema)
         with tqdm(total=s["steps"], initial=run.step, disable=not (progress and writer), desc=desc) as bar:
             _train(run, next_batch, loss_step, s, bar, save_partial if partial is not None else None)
     if channels_last:  # back to the usual layout for whoever uses the model next
@@ -370,10 +397,18 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
         seed: int = 0, batch_size: int | None = None, lr: float | None = None, ema_decay: float = 0.999,
         cache: bool = True, name: str | None = None, device=None, progress: bool = True,
         weighting=None, t_min: float = 1e-3, log_every: int | None = None, reinit: bool = True,
-        checkpoint_every: int | None = None, compile: bool | str | None = None) -> FitResult:
+        checkpoint_every: int | None = None, compile: bool | str | None = None, objective=None,
+        label_dropout: float = 0.1) -> FitResult:
     """Train `model` to predict `target` on `data` along `path`; cached by the run's settings.
 
     data: a tensor [N, ...], an object with .sample(n, generator=...), or a callable data(n, generator).
+    Class-conditional models (built with num_classes = K, e.g. TimeMLP(2, num_classes=2)) train on
+    labelled data: a pair (x [N, ...], labels [N]) of tensors, an object asked for
+    .sample(n, generator=..., return_labels=True) (a GaussianMixture's labels are its components),
+    or a callable data(n, generator) returning (x, labels); each label is replaced by the null label
+    K with probability label_dropout (joins the cache key; Ho & Salimans 2022 use 0.1 to 0.2), so the
+    network learns p(x | y) and p(x) at once, as classifier-free guidance needs. label_dropout is
+    ignored for unconditional models.
     steps, batch_size, lr: default per budget (smoke 300 / 256 / 3e-3, laptop 3000 / 512 / 2e-3,
     gpu 20000 / 4096 / 1e-3). reinit: start from fresh weights drawn with `seed`, so that the settings
     determine the run (same seed, same weights on CPU); False continues from the current weights
@@ -388,16 +423,35 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
     of the steps, at most once per PARTIAL_MIN_SECONDS); a killed run called again resumes there.
     Under torchrun (or an initialised torch.distributed) the W processes train one model with DDP:
     batch_size is the global batch, split into W shards (see distributed.py); rank 0 writes the cache.
+    objective: another training loss than objectives.loss (e.g. a flow-map objective), an object with
+    config() -> dict (joins the cache key), draw(x0, generator, step, steps) -> tuple of tensors [N, ...]
+    (one step's randomness), loss(model, ema, x0, *drawn) -> scalar (ema: the frozen EMA copy, a target
+    network) and ema_decay(step, steps) -> the EMA rate, or None for fit's; target is then not used.
     Returns FitResult(model, ema, history, checkpoint, seconds, from_cache, config, resumed_from);
-    both models in eval mode. Raises TrainingError (naming the step) when the loss becomes NaN or
-    infinite; nothing is then written from the diverged weights.
+    both models in eval mode. Raises ValueError naming the argument for a bad setting (steps 1.5, seed
+    2**70, ema_decay outside [0, 1], t_min outside [0, 1), negative checkpoint_every, NaN in a data
+    tensor) before any work, and CheckpointError when the cache path cannot hold a file. Raises
+    TrainingError (naming the step) when the loss, the weights or the EMA become NaN or infinite;
+    nothing is then written from the diverged weights. A KeyboardInterrupt that stops a cached run
+    carries `.resume_checkpoint`: the resume checkpoint a new call will resume from, or None.
     """
     started = time.perf_counter()
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     steps, batch_size, lr, log_every = _settings(budget, steps, batch_size, lr, log_every)
+    check_fit_settings(seed, ema_decay, t_min, checkpoint_every)
+    check_data(data, batch_size)
     settings = dict(target=target, steps=steps, batch_size=batch_size, lr=lr, seed=seed, ema_decay=ema_decay,
                     weighting=weighting, t_min=t_min, log_every=log_every)
+    if objective is not None:
+        settings["objective"] = _objective_config(objective)
+    if _num_classes(model):
+        if objective is not None:
+            raise ValueError("class labels (a model built with num_classes) cannot be combined with a custom "
+                             "objective yet: its loss takes no labels")
+        if not 0 <= label_dropout <= 1:
+            raise ValueError(f"label_dropout is a probability in [0, 1]; got {label_dropout}")
+        settings["label_dropout"] = float(label_dropout)
     device = distributed.setup(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
     world = distributed.rank_and_world()[1]
     if batch_size % world:
@@ -410,8 +464,10 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
         warnings.warn(f"{type(model).__name__} has no .config, so fit cannot cache it", stacklevel=2)
     desc = name or type(model).__name__
     file = _cache_file(config, desc) if cache and config else None
+    if file is not None:
+        _check_cache_paths(file)
     model.to(device)
-    s = {**settings, "checkpoint_every": checkpoint_every, "compile": compile}
+    s = {**settings, "checkpoint_every": checkpoint_every, "compile": compile, "objective": objective}
 
     def result(ema, history, from_cache, resumed_from=0, run=None):
         clock = None if run is None else [(k, t - started) for k, t in run.clock]
@@ -426,18 +482,44 @@ def fit(model, data, path: Path, target: str = "eps", budget: str | None = None,
     seen = _stamp(file)
     cached = _from_cache(file, model, config) if seen else None  # a finished entry needs no lock
     if distributed.everyone(cached is not None):
+        _drop_stale_partial(file)
         return result(*cached, True)
     with distributed.on_rank0(exclusive_lock(file, desc if progress else None)):
         cached = _written_meanwhile(file, model, config, seen)
         if cached is not None:
+            _drop_stale_partial(file)
             return result(*cached, True)
         if distributed.rank_and_world()[0] == 0:
             remove_temporaries(file)
             remove_temporaries(_partial_file(file))
         if reinit:
             _reinitialise(model, seed)
-        run, resumed_from = _run_training(model, data, path, s, seed, device, config, file, desc, progress)
+        try:
+            run, resumed_from = _run_training(model, data, path, s, seed, device, config, file, desc, progress)
+        except KeyboardInterrupt as interrupt:  # tell the caller whether a resume checkpoint exists
+            partial = _partial_file(file)
+            interrupt.resume_checkpoint = partial if partial.is_file() else None
+            raise
     return result(run.ema, run.history, False, resumed_from, run)
+
+
+def _check_cache_paths(file: FilePath) -> None:
+    """Before training: the cache entry and its resume checkpoint must be files (or absent), its folder a
+    folder, or the trained model could not be saved at the end."""
+    folder = file.parent
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"the model cache {folder} is not a folder; remove it or set ${CACHE_ENV} to a folder")
+    for path in (file, _partial_file(file)):
+        if path.exists() and not path.is_file():
+            raise CheckpointError(f"the cache path {path} is a directory (or another non-file), so the trained "
+                                  f"model could not be saved there; remove it, or set ${CACHE_ENV} elsewhere")
+
+
+def _drop_stale_partial(file: FilePath) -> None:
+    """Delete a resume checkpoint left beside a finished, valid cache entry (a run killed between writing
+    the entry and deleting its resume file): nobody resumes from it any more. Rank 0 only."""
+    if distributed.rank_and_world()[0] == 0:
+        _partial_file(file).unlink(missing_ok=True)
 
 
 def _written_meanwhile(file: FilePath, model, config: dict, seen):

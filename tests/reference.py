@@ -1,4 +1,4 @@
-"""Independent float64 numpy references (MATH.md appendix C), written without the package.
+"""Independent float64 numpy references, written without the package.
 
 Tests compare the package's torch code against these, never against its own output.
 """

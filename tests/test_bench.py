@@ -13,7 +13,8 @@ def test_quick_bench_prints_every_table(tmp_path, capsys):
     for title in ("Training throughput", "Sampler accuracy per NFE", "UNet training step", "total wall time"):
         assert title in printed, title
     assert re.search(r"\| TimeMLP\(2\), moons \| 256 \| \d+ \| [\d,]+ \| [\d,]+ \| [\d.]+x \|", printed)
-    assert re.search(r"\| 8 \| \d\.\d\de-\d\d \|", printed)  # a row of errors at NFE 8
+    assert re.search(r"\| dpm\+\+2m \| log_snr \| \d\.\d\de-\d\d \|", printed)  # errors of a method on a grid
+    assert "Reaching 100-step Euler" in printed and "Teleport start" in printed
     written = out.read_text()
     assert written.startswith("## diffusion-lessons bench") and "device: CPU" in written
     assert "--quick" in written  # the command line is recorded

@@ -1,7 +1,7 @@
-"""Closed-form Gaussian PF-ODE (MATH.md §2.2–2.4, WV-1…WV-8) against scipy solves written here in numpy.
+"""Closed-form Gaussian PF-ODE (Wang & Vastola 2023; checks WV-1…WV-8) against scipy solves written here in numpy.
 
 The references below never call the package: schedules, scores and ODE right-hand sides are written
-out in numpy from MATH.md §0.1–0.2, and integrated with solve_ivp(DOP853, rtol=1e-10, atol=1e-12).
+out in numpy from Song et al. 2021 (App. B), and integrated with solve_ivp(DOP853, rtol=1e-10, atol=1e-12).
 """
 import math
 
@@ -30,7 +30,7 @@ ODE = dict(method="DOP853", rtol=1e-10, atol=1e-12)
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
-# -- numpy schedules (MATH.md §0.2), independent of the package -----------------------------------
+# -- numpy schedules (Song et al. 2021, App. B), independent of the package ---------------------------
 class NpVP:
     bmin, bmax = 0.1, 20.0
 
@@ -290,7 +290,7 @@ def test_endpoint_is_tweedie_and_matches_the_trajectory_formula():
         tweedie = mu + a * np.linalg.solve(C, (x_t.numpy() - a * mu).T).T @ cov
         got = gaussian_pf_endpoint(g, path, x_t, t).numpy()
         assert np.abs(got - tweedie).max() < 1e-12
-        # MATH.md §2.2: mu + sum_k alpha_t lambda_k / sqrt(v_k(t) v_k(T)) c_k u_k
+        # Wang & Vastola 2023: mu + sum_k alpha_t lambda_k / sqrt(v_k(t) v_k(T)) c_k u_k
         lam, U = np.linalg.eigh(cov)
         c = (x_T - vp.alpha(1.0) * mu) @ U
         vt, vT = s**2 + a**2 * lam, vp.sigma(1.0) ** 2 + vp.alpha(1.0) ** 2 * lam
@@ -321,7 +321,7 @@ def test_flow_map_jacobian_solves_the_variational_equation():
 
 
 def test_perturbation_gain():
-    """MATH.md §2.3: gain sqrt(lambda / (sigma_t^2 + alpha_t^2 lambda)); erased off the support.
+    """Wang & Vastola 2023: gain sqrt(lambda / (sigma_t^2 + alpha_t^2 lambda)); erased off the support.
 
     For VP it is sqrt(lambda / (1 + (lambda - 1) alpha_t^2)): a direction with lambda > 1 amplifies an
     early perturbation (up to sqrt(lambda) at t = 1) and a later one less; lambda < 1 the other way.
@@ -379,7 +379,7 @@ def test_wv6_teleport_error_grows_as_t_skip_decreases():
         exact = sol.y[:, i].reshape(-1, 2)
         rel.append(np.linalg.norm(jumped[i].numpy() - exact) / np.linalg.norm(exact))
     assert np.all(np.diff(rel) > 0), rel
-    measured = [5.4e-6, 6.9e-4, 2.2e-2, 6.9e-2, 0.16, 0.27]  # MATH.md WV-6 (300 other trajectories)
+    measured = [5.4e-6, 6.9e-4, 2.2e-2, 6.9e-2, 0.16, 0.27]  # check WV-6's reference values (300 other trajectories)
     assert all(m / 1.5 < r < 1.5 * m for r, m in zip(rel, measured)), rel
 
     velocity = pf_velocity(dl.exact_score(gm, path), path)
@@ -446,4 +446,4 @@ def test_wv8_gaussian_score_approximation_error_grows_toward_data():
         ratios.append(float((s_gauss(x, t) - s).pow(2).sum(1).mean() / s.pow(2).sum(1).mean()))
     assert np.all(np.diff(ratios) > 0), ratios
     assert max(ratios[:3]) < 1e-3, ratios
-    assert 0.1 < ratios[5] < 0.3 and 0.5 < ratios[-1] < 0.9, ratios  # MATH.md: 0.20 (t = .3), 0.72 (t = .05)
+    assert 0.1 < ratios[5] < 0.3 and 0.5 < ratios[-1] < 0.9, ratios  # about 0.20 (t = .3), 0.72 (t = .05)

@@ -1,5 +1,6 @@
 """Image data sets: bundled digits, procedural blobs with 3 known factors, MNIST idx files the test writes."""
 import gzip
+import math
 import struct
 
 import numpy as np
@@ -154,3 +155,24 @@ def test_procedural_families_are_labelled_and_leave_the_blob_set_unchanged():
     assert torch.equal(again, x)
     with pytest.raises(ValueError, match="valid families: blob, ring, square, bar"):
         procedural_images(10, families=("blob", "star"))
+
+
+def test_dequantise_fills_each_level_bin_uniformly():
+    """x = low + (k + u) w / L: each value lies in its level's bin (so the level is recovered by flooring),
+    the offsets u are uniform on [0, 1) (mean 1/2, variance 1/12 within 5 standard errors), copies differ."""
+    from diffusion_lessons.datasets import dequantise, digit_levels
+
+    k = digit_levels()
+    assert k.shape == (1797, 64) and int(k.min()) == 0 and int(k.max()) == 16
+    x = dequantise(k, 17, copies=2, seed=3)
+    assert x.shape == (2 * 1797, 64) and x.dtype == torch.float32
+    u = (x.double() + 1) * 17 / 2 - k.repeat(2, 1).double()  # the offsets, in [0, 1)
+    assert bool((u >= -1e-5).all()) and bool((u < 1 + 1e-5).all())
+    n = u.numel()
+    assert abs(u.mean().item() - 0.5) < 5 * math.sqrt(1 / 12 / n)
+    assert abs(u.var().item() - 1 / 12) < 5 * math.sqrt(1 / 180 / n)  # Var of (u - 1/2)^2 is 1/180
+    assert not torch.equal(x[:1797], x[1797:])
+    with pytest.raises(ValueError, match="integer levels in 0..16"):
+        dequantise(k.float(), 17)
+    with pytest.raises(ValueError, match="integer levels in 0..16"):
+        dequantise(k + 1, 17)

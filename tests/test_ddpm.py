@@ -1,4 +1,4 @@
-"""The discrete variational view (diffusion_lessons.ddpm): checks PR-2, PR-3 and SDE-2 of MATH.md.
+"""The discrete variational view (diffusion_lessons.ddpm): checks PR-2, PR-3 and SDE-2.
 
 References are written here in float64 numpy/scipy from the definitions (a joint Gaussian and its
 conditional, the KL between Gaussians, quadrature), never from the package's own formulas.
@@ -11,9 +11,9 @@ import torch
 from scipy.integrate import quad
 
 import diffusion_lessons as dl
-from diffusion_lessons.ddpm import (DDPMSchedule, ancestral_sample, ddim_sigma, ddim_step, ddpm_elbo_weights,
-                                    eps_on_chain, gaussian_elbo_terms, linear_betas, reverse_mean,
-                                    vdm_diffusion_term)
+from diffusion_lessons.ddpm import (DDPMSchedule, ancestral_sample, chain_times, ddim_sigma, ddim_step,
+                                    ddpm_elbo_weights, eps_on_chain, gaussian_elbo_terms, linear_betas,
+                                    reverse_mean, vdm_diffusion_term)
 from reference import vp_alpha_sigma
 
 F64 = torch.float64
@@ -70,7 +70,7 @@ def test_pr2_posterior_is_gaussian_conditioning(i):
 
 
 def test_pr2_values_of_math_md():
-    """MATH.md's PR-2 numbers ("t = 500") are for the 0-based array index 500, i.e. DDPM step i = 501."""
+    """Check PR-2's reference numbers ("t = 500") are for the 0-based array index 500, i.e. DDPM step i = 501."""
     sched = DDPMSchedule.linear()
     c_x0, c_xt = (float(c) for c in sched.posterior_coefficients(501))
     assert abs(c_xt - 0.9941043507567258) < 1e-12
@@ -143,7 +143,7 @@ def _assert_moments_within_mc(x, mean, cov, n_se=4.5):
 
 @pytest.mark.parametrize("variance", ["beta", "tilde"])
 def test_ancestral_sampling_with_exact_eps_reproduces_gmm2(variance):
-    """GMM2 (MATH.md §0.5), exact eps at t = i / N, N = 1000, 5000 samples: mean (0.8, 0.7), cov [[3.65, .9], [.9, 1]],
+    """GMM2, exact eps at t = i / N, N = 1000, 5000 samples: mean (0.8, 0.7), cov [[3.65, .9], [.9, 1]],
     mass left of x1 = 0 equal to 0.30, all within 4.5 Monte-Carlo standard errors."""
     sched, gm = DDPMSchedule.linear(), dl.gmm2()
     eps_model = eps_on_chain(dl.exact_prediction(gm, dl.VP(), "eps"), sched)
@@ -170,14 +170,48 @@ def test_ancestral_sampling_with_exact_eps_reproduces_a_gaussian():
 
 
 def test_eps_on_chain_converts_other_targets():
-    """A score model read on the chain gives the exact eps at t = i / N (conversion through the path)."""
+    """A score model read on the chain gives the exact eps at the chain's time t_i (conversion through the path)."""
     sched, gm, path = DDPMSchedule.linear(100), dl.gmm2(), dl.VP()
     x = torch.from_numpy(np.random.default_rng(2).normal(size=(20, 2)) * 2)
     from_score = eps_on_chain(dl.exact_score(gm, path), sched, path, target="score")
+    times = chain_times(sched, path)
     for i in (1, 37, 100):
-        assert torch.allclose(from_score(x, i), dl.exact_prediction(gm, path, "eps")(x, i / 100), atol=1e-12)
-    with pytest.raises(ValueError, match="needs the path"):
-        eps_on_chain(dl.exact_score(gm, path), sched, target="score")
+        assert torch.allclose(from_score(x, i), dl.exact_prediction(gm, path, "eps")(x, float(times[i])), atol=1e-12)
+
+
+# -- step i of the chain is the time where the path has its SNR, not i / N -------------------------
+
+def test_chain_times_invert_the_vp_noise_level():
+    """t_i solves B(t_i) = -log abar_i on VP(0.1, 20) (the quadratic, solved here in numpy); t_1 is 8 %
+    below 1 / N, where VP's sigma^2(1 / N) = 1.0995e-4 is 10 % above the chain's beta_1 = 1e-4."""
+    abar = _np_alpha_bar()
+    b = -np.log(abar[1:])
+    t_ref = (-0.1 + np.sqrt(0.01 + 2 * 19.9 * b)) / 19.9  # beta_min t + (beta_max - beta_min) t^2 / 2 = b
+    got = chain_times(DDPMSchedule.linear(), dl.VP()).numpy()
+    inside = t_ref <= 1  # the last steps are noisier than VP at t = 1: read at t = 1
+    assert got[0] == 0 and inside.sum() == 996
+    assert np.abs(got[1:][inside] - t_ref[inside]).max() < 1e-13
+    assert np.all(got[1:][~inside] == 1.0)
+    assert abs(got[1] * 1000 - 0.9165) < 1e-4
+
+
+@pytest.mark.parametrize("path", [dl.VP(), dl.SubVP(), dl.RectifiedFlow(), dl.Cosine()], ids=lambda p: p.name)
+def test_eps_on_chain_gives_the_chains_exact_noise_prediction(path):
+    """Data N(0, 0.7) in 1-D: the chain's own E[eps | x_i] = sqrt(1 - abar_i) x / (abar_i 0.7 + 1 - abar_i)
+    (Gaussian conditioning, numpy), for every step i inside the path's SNR range, from the path's exact
+    eps read by eps_on_chain. Reading step i at t = i / N (the old eps_on_chain) was 4.9 % off at i = 1 on VP."""
+    s2, abar = 0.7, _np_alpha_bar()
+    data = dl.Gaussian(torch.zeros(1, dtype=F64), torch.full((1, 1), s2, dtype=F64))
+    eps_model = eps_on_chain(dl.exact_prediction(data, path, "eps"), DDPMSchedule.linear(), path)
+    x = torch.linspace(-3, 3, 12, dtype=F64)[:, None]  # no zero: relative errors
+    snr_1 = float(path.snr(1.0)) if float(path.alpha(1.0)) > 0 else 0.0
+    worst = 0.0
+    for i in range(1, 1001):
+        if abar[i] / (1 - abar[i]) < snr_1:
+            continue
+        expected = math.sqrt(1 - abar[i]) * x.numpy() / (abar[i] * s2 + 1 - abar[i])
+        worst = max(worst, float(np.abs(eps_model(x, i).numpy() / expected - 1).max()))
+    assert worst < 1e-9
 
 
 def test_schedule_errors_speak():
@@ -193,7 +227,7 @@ def test_schedule_errors_speak():
 
 # -- PR-3: the continuous-time ELBO is tight for Gaussian data ------------------------------------
 
-S2 = 0.7  # MATH.md PR-3: x0 ~ N(0, 0.7) in one dimension
+S2 = 0.7  # check PR-3: x0 ~ N(0, 0.7) in one dimension
 
 
 def _gauss_hermite_mean(fn, var, n=80):
@@ -247,6 +281,10 @@ def test_pr3_quadrature_over_song_vp_equals_closed_form():
     assert abs(value - 4.3794409) < 1e-7
     terms = gaussian_elbo_terms(S2, snr(1.0), snr(1e-3))
     assert abs(terms["diffusion"] - value) < 1e-9
+    # a fixed Gauss-Legendre rule in log t (for an mse estimated from samples): 48 calls, error ~1e-6
+    calls = []
+    fixed = vdm_diffusion_term(lambda t: calls.append(t) or mse(t), path, 1e-3, 1.0, order=48)
+    assert len(calls) == 48 and abs(fixed - closed) < 1e-5
 
 
 # -- SDE-2: denoising score matching is minimised by the exact score ------------------------------
@@ -254,7 +292,7 @@ def test_pr3_quadrature_over_song_vp_equals_closed_form():
 def test_sde2_dsm_optimality():
     """SDE-2: GMM2, VP t = 0.2, common random numbers. L(s) = E||s(x_t) + z / sigma_t||^2 is smallest at the
     exact score, and L(s* + Delta) - L(s*) = E||Delta||^2 within 10 %, since E[z / sigma | x_t] = -s*(x_t).
-    min L = E||z||^2 / sigma^2 - E||s*||^2 (MATH.md measured 2.94717 with 4e5 samples)."""
+    min L = E||z||^2 / sigma^2 - E||s*||^2 (about 2.947 with 4e5 samples)."""
     gm, path, t, n = dl.gmm2(), dl.VP(), 0.2, 1_000_000
     g = torch.Generator().manual_seed(0)
     x0 = gm.sample(n, generator=g)

@@ -1,4 +1,4 @@
-"""Conservativity diagnostics (MATH.md §0.6, TK-5, GF-6) on fields whose answers are known exactly:
+"""Conservativity diagnostics (checks TK-5, GF-6) on fields whose answers are known exactly:
 gradients (zero), linear fields F(x) = A x (ratio and circulation from A), rotations, the exact
 mixture score in float64 against numpy references, and the Monte-Carlo law of the probe estimator."""
 import math
@@ -28,7 +28,7 @@ def _vp_gmm2(t):
 
 
 def _hessian_np(x, t):
-    """Hessian of log p_t for GMM2 under VP (MATH.md appendix C, explicit inverses): [N, 2, 2]."""
+    """Hessian of log p_t for GMM2 under VP (explicit inverses): [N, 2, 2]."""
     pis, mus, covs = _vp_gmm2(t)
     _, s, w, sk = gmm_logpdf_score(x, pis, mus, covs)
     P = np.linalg.inv(covs)
@@ -206,7 +206,7 @@ def test_rotation_circulation_is_twice_the_area():
 
 def test_gf6_loops_of_the_exact_score_and_the_gauge_field(score):
     """GF-6: circulation of the exact score ~ 0 (spectral accuracy); of (I + A) grad log p_t it is 12.07
-    (normalised 0.986) around the circle centre (0.5, 0.5), r = 1 at VP t = 0.3 (MATH.md values)."""
+    (normalised 0.986) around the circle centre (0.5, 0.5), r = 1 at VP t = 0.3 (check GF-6's reference values)."""
     A = torch.tensor([[0.0, 3.0], [-3.0, 0.0]])
     gauge = lambda x, t: score(x, t) @ (torch.eye(2) + A).T  # noqa: E731
     c, (e1, e2) = torch.tensor([0.5, 0.5]), torch.eye(2)

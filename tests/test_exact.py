@@ -1,4 +1,4 @@
-"""Exact mixture quantities (MATH.md §0.4, §0.5, TK-1..TK-4) against finite differences and numpy references."""
+"""Exact mixture quantities (checks TK-1..TK-4) against finite differences and numpy references."""
 import math
 
 import numpy as np
@@ -23,7 +23,7 @@ def _points(n=50, seed=0, scale=2.0):
 
 
 def test_regression_values_of_math_0_5(gm):
-    """VP, t = 0.3, GMM2 at x = (0.5, 0.5): log p_t, score, Hessian, x0_hat, eps_hat to 1e-9 (MATH.md §0.5)."""
+    """VP, t = 0.3, GMM2 at x = (0.5, 0.5): log p_t, score, Hessian, x0_hat, eps_hat to 1e-9."""
     path, t = dl.VP(), 0.3
     x = torch.tensor([[0.5, 0.5]])
     assert abs(float(path.alpha(t)) - 0.6295500003) < 1e-9

@@ -1,7 +1,7 @@
-"""Gauge decomposition, continuity equation, WGF energy identity and intrinsic dimension (MATH.md ch. 3-4).
+"""Gauge decomposition, continuity equation, WGF energy identity and intrinsic dimension (checks GF-*, WGF-*).
 
 Known answers only: fields built by hand to be gradients or gauge fields, the continuity equation of
-the exact (p_t, PF-ODE velocity) pair, regression values of MATH.md (measured there by independent
+the exact (p_t, PF-ODE velocity) pair, regression values (measured by independent
 numpy prototypes), closed-form flow-map singular values written here in numpy, and manifolds whose
 dimension is known. Checks GF-1 ... GF-8, WGF-1, WGF-2, WGF-6.
 """
@@ -19,7 +19,7 @@ from diffusion_lessons.metrics import moment_errors
 from reference import vp_alpha_sigma
 
 ROT = torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64)  # a quarter turn: J grad psi is divergence-free
-A3 = 3 * ROT  # MATH.md's A = [[0, 3], [-3, 0]]
+A3 = 3 * ROT  # the checks' A = [[0, 3], [-3, 0]]
 
 
 pytestmark = pytest.mark.usefixtures("float64_default", "one_thread")  # see conftest.py
@@ -99,7 +99,7 @@ def test_gf1_gauge_identity(setup):
 
 # -- continuity equation and WGF ------------------------------------------------------------------------
 def test_wgf1_continuity_residual_1d():
-    """WGF-1: 1-D GMM, VP, dx = 1e-3 on [-12, 12]: relative residual < 1e-4 at t = 0.05, 0.2, 0.5 (MATH: 6.9e-6 ...)."""
+    """WGF-1: 1-D GMM, VP, dx = 1e-3 on [-12, 12]: relative residual < 1e-4 at t = 0.05, 0.2, 0.5 (about 6.9e-6 ...)."""
     gm1 = dl.GaussianMixture(torch.tensor([0.4, 0.6]), torch.tensor([[-1.5], [1.0]]), torch.tensor([[[0.1]], [[0.3]]]))
     path = dl.VP()
     score, logp = dl.exact_score(gm1, path), dl.exact_log_prob(gm1, path)
@@ -126,7 +126,7 @@ def test_continuity_residual_2d_gmm2_and_wrong_velocities(setup):
 
 
 def test_wgf2_energy_dissipation_identity():
-    """WGF-2: d/dt KL(p_t || N(0, 1)) = -beta/2 E|x + d log p|^2, MATH values -2.363953, -1.298240, -0.016100; rel < 1e-5."""
+    """WGF-2: d/dt KL(p_t || N(0, 1)) = -beta/2 E|x + d log p|^2, values -2.363953, -1.298240, -0.016100; rel < 1e-5."""
     gm1 = dl.GaussianMixture(torch.tensor([0.4, 0.6]), torch.tensor([[-1.5], [1.0]]), torch.tensor([[[0.1]], [[0.3]]]))
     path = dl.VP()
     grid = G.make_grid((-12, 12), 24001)
@@ -138,7 +138,7 @@ def test_wgf2_energy_dissipation_identity():
 
 
 def test_wgf_velocity_is_minus_gradient_of_first_variation(setup):
-    """u = -beta/2 (x + grad log p) for VP (MATH.md §4.2), = f x - g^2/2 s; KL decreases along the flow."""
+    """u = -beta/2 (x + grad log p) for VP (Vuong et al. 2025), = f x - g^2/2 s; KL decreases along the flow."""
     gm, path, score, logp = setup
     x = torch.randn(30, 2, generator=torch.Generator().manual_seed(3))
     for t in (0.1, 0.6):
@@ -183,14 +183,14 @@ def test_gf2_gauge_field_samples_exactly_but_moves_every_trajectory(setup, flows
     for name in ("exact", "gauge"):
         err = moment_errors(flows[name], target, left_mass=True)
         assert all(err[k] < bound[k] for k in bound), (name, err, bound)
-    assert (flows["gauge"] - flows["exact"]).norm(dim=1).mean() > 0.5  # MATH: 2.13
+    assert (flows["gauge"] - flows["exact"]).norm(dim=1).mean() > 0.5  # about 2.13
 
 
 def test_gf4_conservative_but_wrong_fails(setup, flows):
     gm, path, *_ = setup
     target = gm.noised(path, 1e-3)
     for name in ("c0.8", "c1.2"):
-        assert moment_errors(flows[name], target)["cov"] > 2 * law_bounds(target)["cov"]  # MATH: (9.91, ...), (1.29, ...)
+        assert moment_errors(flows[name], target)["cov"] > 2 * law_bounds(target)["cov"]  # about (9.91, ...), (1.29, ...)
 
 
 def test_gf5_rotation_that_is_not_a_gauge_field_hurts(setup, flows):
@@ -204,7 +204,7 @@ def test_gf5_rotation_that_is_not_a_gauge_field_hurts(setup, flows):
     gm, path, *_ = setup
     target = gm.noised(path, 1e-3)
     err, bound = moment_errors(flows["spin"], target, left_mass=True), law_bounds(target)
-    assert err["cov"] > 2 * bound["cov"] and err["left_mass"] > 2 * bound["left_mass"]  # MATH: left mass 0.411, not 0.30
+    assert err["cov"] > 2 * bound["cov"] and err["left_mass"] > 2 * bound["left_mass"]  # left mass about 0.411, not 0.30
 
 
 def test_gf3_gauge_field_gives_the_exact_likelihood_through_other_latents(setup):
@@ -215,7 +215,7 @@ def test_gf3_gauge_field_gives_the_exact_likelihood_through_other_latents(setup)
     a, b = log_likelihood(score, path, x, **kw), log_likelihood(rotated, path, x, **kw)
     exact = logp(x, 1e-3)
     assert (a.log_prob - exact).abs().max() < 1e-5 and (b.log_prob - exact).abs().max() < 1e-5
-    assert (a.x_1 - b.x_1).norm(dim=1).max() > 1.0  # other latents (MATH: 4.09, 1.07, 0.65 apart at its points)
+    assert (a.x_1 - b.x_1).norm(dim=1).max() > 1.0  # other latents (about 4.09, 1.07, 0.65 apart at its points)
 
 
 def test_gf6_loops_and_asymmetry(setup):
@@ -223,10 +223,10 @@ def test_gf6_loops_and_asymmetry(setup):
     rotated = lambda y, t: score(y, t) @ (torch.eye(2) + A3).T  # noqa: E731
     c, u, v = torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     assert abs(circulation(score, c, u, v, 1.0, 0.3)) < 1e-12
-    assert abs(circulation(rotated, c, u, v, 1.0, 0.3) - 12.07) < 0.01  # MATH: 12.07 (normalised 0.986)
+    assert abs(circulation(rotated, c, u, v, 1.0, 0.3) - 12.07) < 0.01  # 12.07 (normalised 0.986)
     x = gm.noised(path, 0.3).sample(200, generator=torch.Generator().manual_seed(6))
     assert jacobian_asymmetry(score, x, 0.3).max() < 1e-12
-    assert jacobian_asymmetry(rotated, x, 0.3).median() > 0.1  # MATH: median 1.86
+    assert jacobian_asymmetry(rotated, x, 0.3).median() > 0.1  # median about 1.86
 
 
 # -- intrinsic dimension ----------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ def test_gf7_plane_in_r5_hessian_and_flow_map():
         _, sv = G.flow_map_singular_values(velocity, torch.randn(3, 5, generator=g), grid, jacobian=jac)
         a, s = vp_alpha_sigma(t_end)
         lam = np.array([1.0, 0.5, 0.0, 0.0, 0.0])
-        ref = np.sqrt((s**2 + a**2 * lam) / (s1**2 + a1**2 * lam))  # MATH: (1, 0.708, 0.0446, ...) at 0.01
+        ref = np.sqrt((s**2 + a**2 * lam) / (s1**2 + a1**2 * lam))  # about (1, 0.708, 0.0446, ...) at 0.01
         assert np.abs(sv[-1].numpy() - ref).max() < 2e-3
         assert (G.flow_map_dimension(sv[-1]).dimension == dim).all()
     _, sv_auto = G.flow_map_singular_values(velocity, torch.randn(2, 5, generator=g), dl.time_grid(40, t_end=0.01, kind="log_snr", path=path))
@@ -315,3 +315,44 @@ def test_grid_and_input_errors():
         G.wgf_prior_variance(dl.VE(), 0.5)
     with pytest.raises(ValueError, match="t - dt"):
         G.continuity_residual(lambda x, t: x[:, 0], grad_psi, 1.0, grid)
+
+
+def test_gauge_perturbed_is_score_plus_a_gauge_field_and_refuses_a_symmetric_matrix(setup):
+    """(I + A) score against the product written out, its gauge part against tr(A H) = 0 (check GF-1), and the
+    clear error for a matrix that is not antisymmetric."""
+    gm, path, score, _ = setup
+    x = gm.noised(path, 0.3).sample(50, generator=torch.Generator().manual_seed(3))
+    field = G.gauge_perturbed(score, A3)
+    s = score(x, 0.3).numpy()
+    expected = s + s @ A3.numpy().T
+    assert np.abs(field(x, 0.3).numpy() - expected).max() < 1e-12
+
+    def gauge_part(y, t):
+        return field(y, t) - score(y, t)
+
+    assert G.gauge_condition(gauge_part, score, x, 0.3).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="antisymmetric"):
+        G.gauge_perturbed(score, torch.eye(2, dtype=torch.float64))
+
+
+def test_constant_gauge_leaves_the_flow_map_singular_values_of_gaussian_data():
+    """For Gaussian data the gauge part only rotates the standardised coordinates, so the flow-map Jacobian
+    C_t^(1/2) O_t C_1^(-1/2) keeps the singular values sqrt(C_t / C_1) of the closed form (numpy, here)."""
+    path = dl.VP()
+    cov = torch.diag(torch.tensor([4.0, 1.0, 0.0], dtype=torch.float64))  # data on a plane in R^3
+    plane = dl.Gaussian(torch.zeros(3, dtype=torch.float64), cov)
+    A = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 0.5], [-1.0, -0.5, 0.0]], dtype=torch.float64)
+    hess = dl.exact_score_jacobian(plane, path)
+    field = G.gauge_perturbed(dl.exact_score(plane, path), A)
+
+    def jac(x, t):
+        return (torch.eye(3, dtype=torch.float64) + A) @ hess(x, t)
+
+    grid = dl.time_grid(800, t_end=0.01, kind="log_snr", path=path)
+    x_T = torch.randn(2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    _, sv = G.flow_map_singular_values(dl.pf_velocity(field, path), x_T, grid, jacobian=G.pf_velocity_jacobian(jac, path))
+    a1, s1 = math.exp(-path.B(1.0).item() / 2), math.sqrt(1 - math.exp(-path.B(1.0).item()))
+    at, st = math.exp(-path.B(0.01).item() / 2), math.sqrt(1 - math.exp(-path.B(0.01).item()))
+    nu = np.array([4.0, 1.0, 0.0])
+    expected = np.sort(np.sqrt((at**2 * nu + st**2) / (a1**2 * nu + s1**2)))[::-1]
+    assert np.abs(sv[-1].numpy() / expected - 1).max() < 1e-3

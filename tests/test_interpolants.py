@@ -1,4 +1,4 @@
-"""Stochastic interpolants (MATH.md §5, checks SI-1…SI-5) and their conversions (PR-1 style), in float64.
+"""Stochastic interpolants (Albergo et al. 2023; checks SI-1…SI-5) and their conversions (PR-1 style), in float64.
 
 References are written here in numpy, independently of the package: the law of x_t and E[dx_t/dt | x_t]
 come from conditioning the joint Gaussian of (x_t, dx_t/dt) = (A w, B w), w = (x0, x1, z), with the
@@ -107,7 +107,7 @@ def test_endpoints_and_velocity_target(kind, a):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("a", [0.0, 2.0])
 def test_gaussian_oracle_matches_joint_gaussian_conditioning(kind, a):
-    """MATH.md §5.2 closed forms (b, s, law of x_t) vs the numpy reference, also two-sided (a non-standard
+    """The Gaussian-endpoint closed forms (b, s, law of x_t) vs the numpy reference, also two-sided (a non-standard
     base) and with one time per point."""
     interp = KINDS[kind](a)
     base = _gauss(np.array([-1.0, 0.5]), np.array([[1.5, -0.2], [-0.2, 0.7]]))  # two-sided: both ends non-standard
@@ -187,7 +187,7 @@ def test_flip_time_reads_lipman_flow_matching():
 
 @pytest.mark.parametrize("path", [dl.VP(), dl.RectifiedFlow(), dl.Cosine()], ids=lambda p: p.name)
 def test_epsilon_family_is_the_zeta_family(path):
-    """MATH.md §0.1 vs §5.1: with epsilon(t) = zeta^2 g^2(t) / 2 the backward drift b - epsilon s is
+    """Reverse-SDE family vs interpolant SDEs: with epsilon(t) = zeta^2 g^2(t) / 2 the backward drift b - epsilon s is
     solvers.reverse_drift(score, path, zeta), b = f x - g^2 s / 2 (computed here from f, g^2)."""
     score = dl.exact_score(dl.gmm2(), path)
     b = lambda x, t: path.f(t) * x - 0.5 * path.g2(t) * score(x, t)  # noqa: E731

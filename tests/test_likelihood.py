@@ -1,4 +1,4 @@
-"""PF-ODE likelihood, divergence and bits/dim (MATH.md §1.4; checks SDE-4, SDE-5, SDE-8).
+"""PF-ODE likelihood, divergence and bits/dim (Song et al. 2021, App. D.2; checks SDE-4, SDE-5, SDE-8).
 
 References are independent of the package: numpy/scipy densities (tests/reference.py, with alpha_t
 and sigma_t by quadrature), closed-form Jacobians, dense autograd Jacobians and hand arithmetic.
@@ -18,7 +18,7 @@ from diffusion_lessons.solvers import pf_velocity
 from reference import GMM2, gmm_logpdf_score, gmm_t, vp_alpha_sigma
 
 EPS = 1e-3
-# x = (3.02, -0.28) is MATH.md's worst case for the standard-normal prior; mu_1 + 0.3 is SDE-5's point
+# x = (3.02, -0.28) is check SDE-4's worst case for the standard-normal prior; mu_1 + 0.3 is SDE-5's point
 POINTS = torch.tensor([[3.02, -0.28], [-2.0, 0.0], [2.0, 1.0], [0.5, 0.5], [-1.7, 0.3], [0.0, -1.5]],
                       dtype=torch.float64)
 
@@ -54,7 +54,7 @@ def test_sde4_pf_ode_likelihood_equals_the_analytic_density(gm, path):
     assert torch.allclose(out.log_prob, out.prior_log_prob + out.delta_log_prob, atol=1e-14)
     x1 = out.x_1.numpy()
     assert np.allclose(out.prior_log_prob.numpy(), gmm2_log_density(out.x_1, 1.0), atol=1e-12)
-    # the answer is p_eps, not p_0: they differ by ~4e-4 at eps = 1e-3 (MATH.md SDE-4)
+    # the answer is p_eps, not p_0: they differ by ~4e-4 at eps = 1e-3 (check SDE-4)
     assert np.abs(out.log_prob.numpy() - gmm2_log_density(POINTS, 0.0)).max() > 1e-4
     # Song et al.'s prior N(0, I), and the package default N(0, sigma_1^2 I), in place of p_1
     sigma1 = vp_alpha_sigma(1.0)[1]
@@ -83,7 +83,7 @@ def test_sde5_hutchinson_is_unbiased(gm, path, probe):
     exact = gmm2_log_density(x[:1], EPS)[0]
     sd = est.std().item()
     assert abs(est.mean().item() - exact) < 4 * sd / math.sqrt(K)
-    if probe == "rademacher":  # MATH.md: per-probe s.d. 0.95; in 2-D z^T J z takes only two values
+    if probe == "rademacher":  # per-probe s.d. about 0.95; in 2-D z^T J z takes only two values
         assert abs(sd - 0.95) < 0.1
         assert len(torch.unique(est.round(decimals=4))) <= 4
     else:  # Gaussian probes: larger variance (2 ||J_s||_F^2 against 2 sum_{i != j} J_s,ij^2)
@@ -141,7 +141,7 @@ def test_divergence_is_trace_of_the_closed_form_hessian(gm, path, t):
 
 
 def test_hutchinson_variance_matches_the_formulas():
-    """Per-probe variance 2 sum_{i!=j} J_s,ij^2 (Rademacher), 2 ||J_s||_F^2 (Gaussian) for a linear field (MATH.md §0.6)."""
+    """Per-probe variance 2 sum_{i!=j} J_s,ij^2 (Rademacher), 2 ||J_s||_F^2 (Gaussian) for a linear field."""
     D, K = 5, 4000
     A = torch.from_numpy(np.random.default_rng(2).normal(size=(D, D)))
     Js = 0.5 * (A + A.T)
@@ -205,8 +205,12 @@ def test_errors(gm, path):
         log_likelihood(score, path, x, method="rk45")
     with pytest.raises(ValueError, match=r"\[N, \.\.\.\]"):
         log_likelihood(score, path, torch.zeros(2))
-    with pytest.raises(ValueError, match="eps must lie in"):
+    with pytest.raises(ValueError, match=r"t_min must lie in \(0, 1\)"):
+        log_likelihood(score, path, x, t_min=0.0)
+    with pytest.raises(ValueError, match="eps must lie in"):  # the old name of t_min
         log_likelihood(score, path, x, eps=0.0)
+    with pytest.raises(ValueError, match="give the start time once"):
+        log_likelihood(score, path, x, t_min=0.01, eps=0.02)
     with pytest.raises(ValueError, match="unknown probe 'normal'"):
         log_likelihood(score, path, x, exact_divergence=False, probe="normal")
     with pytest.raises(ValueError, match="unknown target"):
@@ -226,3 +230,11 @@ def test_errors(gm, path):
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         divergence(score, x, 0.5)
     assert "dopri5" in LIKELIHOOD_METHODS
+
+
+def test_start_time_has_one_meaning(gm, path):
+    """t_min is the start time; eps, its old name, gives the same solve (eps is the noise everywhere else)."""
+    score, x = dl.exact_score(gm, path), POINTS[:3]
+    by_name = log_likelihood(field=score, path=path, x=x, t_min=0.01, prior=gm.noised(path, 1.0))
+    by_old_name = log_likelihood(score, path, x, eps=0.01, prior=gm.noised(path, 1.0))
+    assert torch.equal(by_name, by_old_name)

@@ -37,7 +37,7 @@ def test_moment_errors_against_exact_mixture_moments():
     assert err["mean"] < 5 * math.sqrt(3.65 / n)
     assert err["cov"] < 0.15
     exact_left = 0.3 * norm.cdf(2.0 / math.sqrt(0.5)) + 0.7 * norm.cdf(-2.0 / math.sqrt(0.2))
-    assert abs(exact_left - 0.30) < 0.01  # MATH.md §0.5: about 0.30
+    assert abs(exact_left - 0.30) < 0.01  # about 0.30
     assert err["left_mass"] < 5 * math.sqrt(exact_left * (1 - exact_left) / n)
     # a biased sample is caught
     shifted = moment_errors(x + torch.tensor([0.5, 0.0], dtype=x.dtype), gm)

@@ -124,7 +124,7 @@ def test_pr1_conversions_are_exact(path, t):
 
 @pytest.mark.parametrize("path,t", CONVERSION_CASES[:2], ids=lambda c: getattr(c, "name", str(c)))
 def test_pr1_velocity_equals_pf_ode_drift(path, t):
-    """u = alpha' x0 + sigma' eps equals f x - g^2/2 score (MATH.md §0.3)."""
+    """u = alpha' x0 + sigma' eps equals f x - g^2/2 score (check PR-1)."""
     x = np.random.default_rng(2).normal(size=(50, 2))
     exact = _exact_targets(path, t, x)
     drift = path.f(t) * torch.from_numpy(x) - 0.5 * path.g2(t) * exact["score"]

@@ -139,3 +139,20 @@ def test_style_keeps_interactive_mode_switched_on_inside_it():
         assert mpl.is_interactive()
     finally:
         mpl.interactive(was)
+
+
+def test_curves_bands_heatmap_and_histograms():
+    """The measurement plots of chapters 6-9: what they draw, on which axes, with which scales."""
+    x = torch.linspace(0.1, 1.0, 10, **F64)
+    ax = dl.plot_curves(x, {"a": x**2, "b": (x[:5], x[:5])}, marker=["o-", "--"], reverse_x=True, logy=True,
+                        vlines={"t*": 0.5}, hlines={"level": 0.3})
+    assert len(ax.lines) == 4 and ax.get_xlim()[0] > ax.get_xlim()[1] and ax.get_yscale() == "log"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b", "t*", "level"]
+    bands = torch.stack([x / 2, x, 2 * x], 1)
+    ax = dl.plot_bands(x, {"median": bands})
+    assert len(ax.collections) == 1 and np.allclose(ax.lines[0].get_ydata(), x.numpy())
+    ax = dl.plot_heatmap(torch.tensor([[1.0, -2.0], [0.5, 0.0]]), extent=(0, 1, 0, 1), contours=torch.rand(2, 2) + 1)
+    assert ax.images[0].get_clim() == (-2.0, 2.0)
+    ax = dl.plot_histograms({"zeros and ones": torch.tensor([0.0, 1e-3, 1.0])}, bins=5, logx=True)
+    assert ax.get_xscale() == "log" and len(ax.patches) == 5
+    plt.close("all")

@@ -105,7 +105,7 @@ def test_conversions_round_trip(path, shape, dtype, seed, t, per_sample, src, ds
 @given(path=paths(), shape=shapes, dtype=DTYPES, seed=st.integers(0, 2**31 - 1), t=interior_times,
        per_sample=st.booleans())
 def test_velocity_is_the_probability_flow_drift(path, shape, dtype, seed, t, per_sample):
-    """u = alpha' x0 + sigma' eps equals f x - g^2 / 2 * score, the PF-ODE drift (MATH.md §0.3)."""
+    """u = alpha' x0 + sigma' eps equals f x - g^2 / 2 * score, the PF-ODE drift (check PR-1)."""
     x0, eps, t = _batch(path, shape, dtype, seed, t, per_sample)
     exact, x = _exact_targets(path, x0, eps, t)
     x = x.to(dtype)

@@ -11,6 +11,9 @@
   `<img>` or `<iframe>` that would fetch from the network is a warning (an error under `-W`). The
   usual culprit is matplotlib's `anim.to_jshtml()`, which links Font Awesome from a CDN; display
   animations with `IPython.display.HTML(dl.animation_html(anim))` instead.
+* When the build has finished: a `favicon.ico` is drawn at the root of the build. The pages name
+  `book/favicon.svg` as their icon, but the root `index.html` is Jupyter Book's bare redirect page,
+  with no icon link, so a browser asks the server for `/favicon.ico` (a 404 in its console otherwise).
 * On every page: scripts listed twice are listed once. (With Sphinx 7.4, sphinx-thebe's and
   sphinx-togglebutton's inline settings are emitted twice; the second `const THEBE_JS_URL` is a
   SyntaxError in the browser console.)
@@ -103,9 +106,30 @@ def copy_vendored(app: Sphinx, exception: Exception | None) -> None:
         copy_asset(str(ADAPTERS), target)
 
 
+def write_root_favicon(app: Sphinx, exception: Exception | None) -> None:
+    """The book's icon, book/favicon.svg, redrawn as `favicon.ico` with Pillow (which matplotlib
+    brings): grey noise on the left carried to two modes of data on the right."""
+    if exception is not None or app.builder.format != "html":
+        return
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.rounded_rectangle((0, 0, 31, 31), radius=6, fill="#1b2a41")
+    dots = {"#9a9a9a": [(5, 7), (8, 19), (4, 25), (10, 11), (7, 14), (11, 27)],
+            "#ff7f0e": [(22, 10), (26, 8), (24, 13)],
+            "#1f77b4": [(21, 23), (25, 21), (26, 25)]}
+    for colour, centres in dots.items():
+        r = 1.3 if colour == "#9a9a9a" else 2.0
+        for x, y in centres:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
+    image.save(Path(app.outdir) / "favicon.ico", sizes=[(32, 32), (16, 16)])
+
+
 def setup(app: Sphinx) -> dict:
     app.connect("builder-inited", check_local_assets)
     app.connect("doctree-resolved", warn_remote_outputs)
     app.connect("html-page-context", drop_duplicate_scripts, priority=900)  # after the handlers that add scripts
     app.connect("build-finished", copy_vendored)
+    app.connect("build-finished", write_root_favicon)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

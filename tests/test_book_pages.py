@@ -1,0 +1,45 @@
+"""The book's own pages stay current: the intro links every chapter in the table of contents, and no file
+outside the chapters refers to files readers do not have (the design and math notes the course was
+built from; the book cites the papers, or its Checks page, instead)."""
+import re
+import subprocess
+from pathlib import Path as FilePath
+
+import pytest
+
+REPO = FilePath(__file__).resolve().parent.parent
+NOT_SHIPPED = re.compile(r"\b(MATH(-2)?|DESIGN|REVIEW-1-9|STYLE)\.md\b")
+
+
+def _toc_chapters() -> list[str]:
+    toc = (REPO / "_toc.yml").read_text()
+    return re.findall(r"^\s*- file:\s*notebooks/(\S+?)\s*$", toc, flags=re.MULTILINE)
+
+
+def test_the_intro_links_every_chapter_and_calls_none_planned():
+    intro = (REPO / "book" / "intro.md").read_text()
+    linked = set(re.findall(r"\{doc\}`[^`<]*<\.\./notebooks/([^>]+)>`", intro))
+    missing = [c for c in _toc_chapters() if c not in linked]
+    assert not missing, f"book/intro.md does not link {missing} (a {{doc}} link in its chapter table)"
+    assert "planned" not in intro.lower()
+    assert "only through the notation page" not in intro
+
+
+def _tracked_files() -> list[FilePath]:
+    try:
+        names = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    return [REPO / n for n in names.splitlines()]
+
+
+def test_nothing_outside_the_chapters_cites_the_private_notes():
+    """Chapters are the review's (they are checked once their references are replaced); everything else here."""
+    offenders = []
+    for file in _tracked_files():
+        if file.suffix in (".ipynb", ".pt", ".png", ".svg") or not file.is_file() or file.name == "test_book_pages.py":
+            continue
+        for number, line in enumerate(file.read_text(errors="replace").splitlines(), 1):
+            if NOT_SHIPPED.search(line):
+                offenders.append(f"{file.relative_to(REPO)}:{number}: {line.strip()[:80]}")
+    assert not offenders, "cite the paper or a check ID instead:\n" + "\n".join(offenders)
