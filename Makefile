@@ -2,7 +2,9 @@
 # make book         : create .venv if needed, install, fetch the vendored JavaScript once (needs npm), execute
 #                     every chapter and build the HTML book (_build/html), which then works with no network;
 #                     every page is rebuilt when the budget, the weights setting, the shipped weights or the
-#                     package changed since the last build (book/build_stamp.py)
+#                     package changed since the last build (book/build_stamp.py); with
+#                     DIFFUSION_LESSONS_WEIGHTS=train it first trains every recipe into the model cache
+#                     (`diffusion-lessons pretrain`), so the chapters load them instead of training in a cell
 # make browser-test : open every page of the built book in headless Chromium (builds it first if missing;
 #                     needs Debian's chromium and chromium-driver)
 # make vendor       : fetch the pinned JavaScript the book serves itself into .vendor/ (book/vendor_assets.py)
@@ -32,6 +34,10 @@ test: $(STAMP)
 	$(PY) -m pytest --nbval-lax -p no:cacheprovider
 
 book: $(STAMP) $(VENDOR)
+	@if [ "$${DIFFUSION_LESSONS_WEIGHTS:-}" = train ]; then \
+	  echo "DIFFUSION_LESSONS_WEIGHTS=train: every recipe is trained into the model cache first, outside the"; \
+	  echo "notebooks, so that no honest training meets the per-cell timeout (cached models are reused)"; \
+	  $(VENV)/bin/diffusion-lessons pretrain; fi
 	@all=; $(PY) book/build_stamp.py check _build || { rc=$$?; [ $$rc -eq 1 ] || exit $$rc; all=--all; \
 	  $(PY) book/build_stamp.py forget _build; }; \
 	echo "$(VENV)/bin/jupyter-book build . -W -n --keep-going $$all"; \

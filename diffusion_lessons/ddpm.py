@@ -9,7 +9,7 @@ whose marginals are the Gaussian path of the rest of the package, on a grid of N
     q(x_i | x_0) = N(sqrt(abar_i) x_0, (1 - abar_i) I),      abar_i = prod_{j <= i} alpha_j.
 
 Steps are indexed i = 0..N with i = 0 the data (abar_0 = 1), as in the paper. The reverse model
-p(x_{i-1} | x_i) = N(mu_theta, sigma_i^2 I) is fit by the ELBO, whose step-i term is the KL to the
+p(x_{i-1} | x_i) = N(mu_theta, nu_i^2 I) is fit by the ELBO, whose step-i term is the KL to the
 posterior q(x_{i-1} | x_i, x_0) (Ho et al. eq. 5-7); writing mu_theta through an eps-predictor turns that
 KL into a weighted ||eps - eps_hat||^2, which is why DDPMs predict noise.
 
@@ -123,7 +123,7 @@ class DDPMSchedule:
         return math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps, eps
 
     def reverse_variance(self, i: int, variance: str = "beta") -> torch.Tensor:
-        """sigma_i^2 of the reverse model: beta_i ("beta") or tilde beta_i ("tilde"), Ho et al.'s two choices."""
+        """nu_i^2 of the reverse model: beta_i ("beta") or tilde beta_i ("tilde"), Ho et al.'s two choices."""
         if variance not in REVERSE_VARIANCES:
             raise ValueError(f"unknown reverse variance {variance!r}; valid: {', '.join(REVERSE_VARIANCES)}")
         return self.beta(i) if variance == "beta" else self.posterior_variance(i)
@@ -140,9 +140,9 @@ def ddpm_elbo_weights(schedule: DDPMSchedule, variance: str = "beta") -> torch.T
     """Weights w_i, i = 1..N [N], of the eps-form of the ELBO (Ho et al. eq. 12):
 
         KL(q(x_{i-1} | x_i, x0) || p(x_{i-1} | x_i)) = w_i ||eps - eps_hat(x_i, i)||^2 + const,
-        w_i = beta_i^2 / (2 sigma_i^2 alpha_i (1 - abar_i)),
+        w_i = beta_i^2 / (2 nu_i^2 (1 - beta_i) (1 - abar_i)),
 
-    with sigma_i^2 the reverse variance ("beta" or "tilde"). With "tilde", w_1 = inf: tilde beta_1 = 0,
+    with nu_i^2 the reverse variance ("beta" or "tilde"). With "tilde", w_1 = inf: tilde beta_1 = 0,
     and DDPM treats step 1 as a decoder instead. The "simple" loss of Ho et al. sets every w_i to 1.
     """
     var = torch.stack([schedule.reverse_variance(i, variance) for i in range(1, schedule.n_steps + 1)])
@@ -162,9 +162,9 @@ def ancestral_sample(eps_model: Callable, schedule: DDPMSchedule, x_T: torch.Ten
                      variance: str = "beta", return_trajectory: bool = False):
     """DDPM ancestral sampling (Ho et al. Alg. 2): for i = N, ..., 1,
 
-        x_{i-1} = mu_theta(x_i, i) + sigma_i z,   z ~ N(0, I)   (no noise at i = 1),
+        x_{i-1} = mu_theta(x_i, i) + nu_i z,   z ~ N(0, I)   (no noise at i = 1),
 
-    with mu_theta from `reverse_mean` and sigma_i^2 = beta_i or tilde beta_i (`variance`).
+    with mu_theta from `reverse_mean` and nu_i^2 = beta_i or tilde beta_i (`variance`).
     eps_model(x, i) -> eps_hat, with i the integer step (`eps_on_chain` turns a model(x, t) into one).
     Returns x_0 [N, ...], or (x_0, trajectory [N + 1, n, ...] from x_N to x_0) when return_trajectory.
     """

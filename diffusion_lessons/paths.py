@@ -203,22 +203,23 @@ class SubVP(VP):
 
 
 class VE(Path):
-    """Variance-exploding path (SMLD): alpha = 1, sigma = sqrt(s(t)^2 - s_min^2), s(t) = s_min (s_max/s_min)^t.
+    """Variance-exploding path (SMLD): alpha = 1, sigma = sqrt(sigma_bar(t)^2 - sigma_min^2) with the
+    geometric scale sigma_bar(t) = sigma_min (sigma_max/sigma_min)^t.
 
-    With this sigma the kernel is exact for the SDE dx = sqrt(d s^2/dt) dw started at t = 0
-    (Song et al.'s code uses s(t) itself as the kernel std).
-    g^2 = 2 s(t)^2 log(s_max / s_min).
+    With this sigma the kernel is exact for the SDE dx = sqrt(d sigma_bar^2/dt) dw started at t = 0
+    (Song et al.'s code uses sigma_bar(t) itself as the kernel std).
+    g^2 = 2 sigma_bar(t)^2 log(sigma_max / sigma_min).
     """
 
     name = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
         if not (0 < sigma_min < sigma_max < math.inf):
-            raise ValueError(f"VE needs finite 0 < sigma_min < sigma_max (sigma(t) = sqrt(s(t)^2 - sigma_min^2) "
-                             f"grows from 0); got sigma_min={sigma_min}, sigma_max={sigma_max}")
+            raise ValueError(f"VE needs finite 0 < sigma_min < sigma_max (sigma(t) = sqrt(sigma_bar(t)^2 - "
+                             f"sigma_min^2) grows from 0); got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
 
-    def _s(self, t):
+    def _sigma_bar(self, t):
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** as_time(t)
 
     def alpha(self, t):
@@ -228,7 +229,7 @@ class VE(Path):
         return torch.zeros_like(as_time(t))
 
     def sigma(self, t):
-        # s(t)^2 - s_min^2 = s_min^2 (exp(2 t log(s_max/s_min)) - 1); expm1 keeps it exact (and >= 0) near t = 0
+        # sigma_bar^2 - sigma_min^2 = sigma_min^2 expm1(2 t log(sigma_max/sigma_min)): exact (and >= 0) near t = 0
         t = as_time(t)
         return self.sigma_min * torch.sqrt(torch.expm1(2 * t * math.log(self.sigma_max / self.sigma_min)))
 
@@ -239,7 +240,7 @@ class VE(Path):
         return torch.zeros_like(as_time(t))
 
     def g2(self, t):
-        return 2 * self._s(t) ** 2 * math.log(self.sigma_max / self.sigma_min)
+        return 2 * self._sigma_bar(t) ** 2 * math.log(self.sigma_max / self.sigma_min)
 
 
 class RectifiedFlow(Path):
