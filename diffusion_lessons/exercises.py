@@ -109,8 +109,8 @@ def _gauss_legendre_mean(fn: Callable, a: float, b: float, nodes: int = 200) -> 
 
 def check_dsm_loss(loss_fn: Callable, batch: int = 4096, batches: int = 24, seed: int = 0) -> dict:
     """Check `loss_fn(score_model, x0, path, generator, t_min=1e-3)`: the denoising score-matching loss with
-    Song's weight, mean over the batch of sigma_t^2 ||score_model(x_t, t) + z / sigma_t||^2, where
-    t ~ U[t_min, 1] (one per data point), z ~ N(0, I) and x_t = alpha_t x0 + sigma_t z.
+    Song's weight, mean over the batch of sigma_t^2 ||score_model(x_t, t) + eps / sigma_t||^2, where
+    t ~ U[t_min, 1] (one per data point), eps ~ N(0, I) and x_t = alpha_t x0 + sigma_t eps.
 
     Exact references, for data N(0, s^2 I) on VP and on rectified flow: at score_model = 0 the
     expectation is D; at the exact score -x / (alpha_t^2 s^2 + sigma_t^2) it is
@@ -128,9 +128,9 @@ def check_dsm_loss(loss_fn: Callable, batch: int = 4096, batches: int = 24, seed
             t = t.reshape(-1, *([1] * (x.dim() - 1))) if t.dim() else t
             return -x / (path.alpha(t) ** 2 * DATA_VAR + path.sigma(t) ** 2)
         models = {"zero": lambda x, t: torch.zeros_like(x), "exact": exact_score}
-        hints = {"zero": "With s = 0 the loss is E[sigma_t^2 |z|^2 / sigma_t^2] = D: check the weight sigma_t^2 and "
-                         "the target -z / sigma_t.",
-                 "exact": "At the exact score only x_t and t matter: check x_t = alpha_t x0 + sigma_t z with "
+        hints = {"zero": "With s = 0 the loss is E[sigma_t^2 |eps|^2 / sigma_t^2] = D: check the weight sigma_t^2 "
+                         "and the target -eps / sigma_t.",
+                 "exact": "At the exact score only x_t and t matter: check x_t = alpha_t x0 + sigma_t eps with "
                           "path.alpha(t), path.sigma(t), t ~ U[t_min, 1] one per point, and that the model gets "
                           "that t."}
         for name in ("zero", "exact"):
@@ -199,7 +199,8 @@ def check_euler_sampler(sampler: Callable, seed: int = 0) -> dict:
 # -- chapter 5: Hutchinson's divergence estimator -----------------------------------------------------
 def check_hutchinson(estimator: Callable, n_points: int = 4000, seed: int = 0) -> dict:
     """Check `estimator(field, x, t, n_probes, generator)`: Hutchinson's estimate of div_x field(x, t) at each
-    point of x [N, D] with n_probes Rademacher probes (entries +-1), returned as [N].
+    point of x [N, D] with n_probes Rademacher probes xi (entries +-1), averaging xi^T (d field/dx) xi,
+    returned as [N].
 
     Exact references: for a linear field J x the estimate averages to tr J and, with K Rademacher probes, has
     variance (1/K) sum_{i<j} (J_ij + J_ji)^2 (Gaussian probes add 2 sum_i J_ii^2 / K); for the nonlinear field
@@ -230,10 +231,10 @@ def check_hutchinson(estimator: Callable, n_points: int = 4000, seed: int = 0) -
           f"{k} probes {var:.3f} (Rademacher: {var_rademacher:.3f}, Gaussian probes would give {var_gauss:.3f})")
     if var < 1e-12:
         _fail("Your estimates have no variance: that is the exact trace, not Hutchinson's estimator. Draw random "
-              "probes z, and average z^T (d field/dx) z over them.")
+              "probes xi, and average xi^T (d field/dx) xi over them.")
     if abs(mean - trace) > N_SE * se_mean:
-        _fail(f"The estimates average {mean:.4f}, not the divergence tr J = {trace:.4f}: check that z^T J z uses "
-              "the same z on both sides (a vector-Jacobian product with z, then a dot product with z).")
+        _fail(f"The estimates average {mean:.4f}, not the divergence tr J = {trace:.4f}: check that xi^T J xi uses "
+              "the same xi on both sides (a vector-Jacobian product with xi, then a dot product with xi).")
     if abs(var - var_rademacher) > N_SE * se_var:
         which = " (that is what Gaussian probes give)" if abs(var - var_gauss) <= N_SE * se_var else ""
         _fail(f"The variance with {k} probes is {var:.3f}{which}; Rademacher probes give {var_rademacher:.3f}. "
