@@ -27,7 +27,7 @@ import torch
 
 from .paths import TARGETS, Path, convert, expand_time, from_x0_eps
 
-__all__ = ["draw", "draw_noise", "target_value", "loss"]
+__all__ = ["draw", "draw_noise", "target_value", "loss", "sigma_squared_weight"]
 
 
 def draw(x0: torch.Tensor, path: Path, t_min: float = 1e-3, generator: torch.Generator | None = None,
@@ -68,6 +68,22 @@ def target_value(target: str, x0: torch.Tensor, eps: torch.Tensor, t, path: Path
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; valid targets: {', '.join(TARGETS)}")
     return from_x0_eps(x0, eps, target, expand_time(t, x0), path)
+
+
+def sigma_squared_weight(path: Path) -> Callable:
+    """Song et al.'s weight w(t) = sigma_t^2 on the score loss, as a ``weighting=`` for `loss` and `fit`.
+
+    sigma_t^2 ||s_hat - (-eps / sigma_t)||^2 = ||eps_hat - eps||^2 with eps_hat = -sigma_t s_hat: the weighted score
+    loss is the eps loss of the same network read through Tweedie. Returns t [N] -> sigma_t^2 [N].
+
+    The returned function is named ``sigma_squared`` in module ``__main__``, the name fit's cache key gave the
+    weight when the chapters defined it in the notebook, so the shipped weights and the model cache still match.
+    """
+    def sigma_squared(t):
+        return path.sigma(t) ** 2
+
+    sigma_squared.__module__, sigma_squared.__qualname__ = "__main__", "sigma_squared"
+    return sigma_squared
 
 
 def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

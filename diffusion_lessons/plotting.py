@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.collections import LineCollection
+from matplotlib.patches import Rectangle
 
 __all__ = [
     "style",
@@ -187,15 +188,20 @@ def plot_densities(dist, path, times: Sequence[float], extent=(-4, 4, -4, 4), n:
 
 # -- fields, samples, trajectories -------------------------------------------------------------------
 def plot_field(field: Callable, t: float, extent=(-4, 4, -4, 4), n: int = 20, ax=None, density=None,
-               kind: str = "quiver", normalize: bool = False):
+               kind: str = "quiver", normalize: bool = False, scale: float | None = None, key: bool = True):
     """Arrows (kind="quiver") or streamlines (kind="stream") of a 2-D field(x, t) on an n x n grid.
 
     field: callable (points [n*n, 2], t float) -> [n*n, 2] (a network gets its own dtype and device);
     density: optional callable points -> log density [M], drawn underneath; normalize: unit-length
-    arrows coloured by the field's norm. Returns the Axes.
+    arrows coloured by the field's norm. scale (plain arrows): an arrow of norm m is m / scale long in
+    plot units; pass one scale to several panels to compare their arrows (None: matplotlib's autoscale,
+    panel by panel). key (plain arrows): a reference arrow in the lower right corner, labelled with its
+    norm, so that the arrows can be read. Returns the Axes.
     """
     if kind not in ("quiver", "stream"):
         raise ValueError(f"unknown kind {kind!r}; valid kinds: quiver, stream")
+    if scale is not None and not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a positive number (field units per plot unit); got {scale}")
     dtype, device = _field_dtype_device(field)
     X, Y, pts = _grid(extent, n, dtype, device)
     values = _numpy(field(pts, float(t))).reshape(n, n, 2)  # no torch.no_grad: energy models need autograd
@@ -211,12 +217,30 @@ def plot_field(field: Callable, t: float, extent=(-4, 4, -4, 4), n: int = 20, ax
         if kind == "stream":
             ax.streamplot(X, Y, U, V, color=norm, cmap="viridis", density=1.2, linewidth=0.8)
         elif normalize:
-            scale = np.where(norm > 0, norm, 1.0)
-            ax.quiver(X, Y, U / scale, V / scale, norm, cmap="viridis", pivot="mid")
+            unit = np.where(norm > 0, norm, 1.0)
+            ax.quiver(X, Y, U / unit, V / unit, norm, cmap="viridis", pivot="mid")
         else:
-            ax.quiver(X, Y, U, V, color=COLORS["field"], pivot="mid")
+            fixed = {} if scale is None else dict(angles="xy", scale_units="xy", scale=float(scale))
+            arrows = ax.quiver(X, Y, U, V, color=COLORS["field"], pivot="mid", **fixed)
+            length = _key_length(norm)
+            if key and length is not None:  # on a white patch in the lower right corner, above the arrows
+                ax.add_patch(Rectangle((0.8, 0.01), 0.19, 0.13, transform=ax.transAxes, facecolor="white",
+                                       edgecolor="0.75", lw=0.6, alpha=0.9, zorder=3))
+                ax.quiverkey(arrows, 0.895, 0.045, length, f"{length:g}", labelpos="N", coordinates="axes",
+                             color=COLORS["field"], fontproperties={"size": 8}, zorder=4)
         ax.set(xlim=extent[:2], ylim=extent[2:], aspect="equal", title=_time_title(t))
     return ax
+
+
+def _key_length(norms: np.ndarray) -> float | None:
+    """A round arrow length for a quiver key: the number 1, 2 or 5 times a power of ten nearest (in ratio) to the
+    90th percentile of the arrows' norms (None when the field is zero or not finite on the grid)."""
+    finite = norms[np.isfinite(norms)]
+    typical = float(np.percentile(finite, 90)) if finite.size else 0.0
+    if not typical > 0:
+        return None
+    power = 10.0 ** np.floor(np.log10(typical))
+    return float(min((m * power for m in (1, 2, 5, 10)), key=lambda c: abs(np.log(c / typical))))
 
 
 def plot_samples(samples, ax=None, reference=None, title: str | None = None, extent=None, max_points: int = 5000,
