@@ -26,7 +26,6 @@ __all__ = [
     "DENSITY_CMAP",
     "BACKGROUND_CMAP",
     "plot_schedules",
-    "plot_coordinate_paths",
     "plot_density_grid",
     "plot_densities",
     "plot_field",
@@ -294,32 +293,6 @@ def plot_trajectories(trajectory, ax=None, n_show: int = 50, extent=None, title:
         if title is not None:
             ax.set_title(title)
         ax.legend(loc="best", frameon=True, framealpha=0.9, markerscale=1.5)
-    return ax
-
-
-def plot_coordinate_paths(times, trajectory, ax=None, coord: int = 0, n_show: int = 40, color=None,
-                          linewidth: float = 0.8, label: str | None = None, title: str | None = None):
-    """One coordinate of n_show particles against time, from a trajectory [T, N, D] at times [T].
-
-    Time runs right to left (t = 1 on the left), as in generation, so the paths read left to right
-    from noise to data. Readable in any dimension, where plot_trajectories' 2-D hairball is not.
-    Returns the Axes.
-    """
-    traj, t = _numpy(trajectory), _numpy(times).reshape(-1)
-    if traj.ndim < 3 or traj.shape[0] != t.shape[0]:
-        raise ValueError(f"plot_coordinate_paths expects times [T] and a trajectory [T, N, D]; got times "
-                         f"{list(t.shape)} and a trajectory {list(traj.shape)}")
-    values = traj.reshape(traj.shape[0], traj.shape[1], -1)[:, :n_show, coord]
-    with style():
-        ax = _axes(ax, figsize=(5.5, 3.6))
-        lines = ax.plot(t, values, color=color or COLORS["samples"], lw=linewidth, alpha=0.8)
-        if label is not None:
-            lines[0].set_label(label)
-            ax.legend(loc="best", frameon=True, framealpha=0.9)
-        ax.set(xlim=(max(t.max(), t.min()), min(t.max(), t.min())), xlabel="t (generation runs from 1 to 0)",
-               ylabel=f"coordinate {coord + 1}")
-        if title is not None:
-            ax.set_title(title)
     return ax
 
 

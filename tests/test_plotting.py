@@ -107,19 +107,6 @@ def test_plot_trajectories_from_sampler():
         plotting.plot_trajectories(torch.zeros(10, 2))
 
 
-def test_plot_coordinate_paths_draws_the_chosen_coordinate_against_time():
-    times = torch.linspace(1.0, 0.0, 11)
-    trajectory = torch.stack([torch.full((5, 3), float(k)) for k in range(11)])  # value k at step k
-    trajectory[..., 1] *= -1.0
-    ax = plotting.plot_coordinate_paths(times, trajectory, coord=1, n_show=4, label="paths")
-    assert len(ax.lines) == 4
-    np.testing.assert_array_equal(ax.lines[0].get_xdata(), times.numpy())
-    np.testing.assert_array_equal(ax.lines[0].get_ydata(), -np.arange(11.0))  # coordinate 2, not 1
-    assert ax.get_xlim() == (1.0, 0.0)  # time runs right to left, as in generation
-    with pytest.raises(ValueError, match=r"times \[T\] and a trajectory \[T, N, D\]"):
-        plotting.plot_coordinate_paths(times[:5], trajectory)
-
-
 def test_plot_histogram_vs_density():
     x = 1.0 + 0.5 * torch.randn(5000, 1, generator=torch.Generator().manual_seed(0), **F64)
     pdf = lambda x: torch.exp(-((x - 1.0) ** 2) / (2 * 0.25)) / np.sqrt(2 * np.pi * 0.25)  # noqa: E731
