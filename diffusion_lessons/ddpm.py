@@ -231,14 +231,21 @@ def ddim_sigma(schedule: DDPMSchedule, i: int, j: int | None = None, eta: float 
     return eta * ((1 - ab_j) / (1 - ab_i) * (1 - ab_i / ab_j)).sqrt()
 
 
-def ddim_step(eps_hat: torch.Tensor, x_t: torch.Tensor, schedule: DDPMSchedule, i: int, j: int | None = None,
+def ddim_step(schedule: DDPMSchedule, x_t: torch.Tensor, i: int, eps_hat: torch.Tensor, j: int | None = None,
               eta: float = 0.0, generator=None) -> torch.Tensor:
-    """One DDIM step from x_i to x_j (Song et al. 2021a, eq. 12), with x0_hat = (x_i - sqrt(1 - abar_i) eps_hat) / sqrt(abar_i):
+    """One DDIM step from x_i to x_j (Song et al. 2021a, eq. 12), with
+    x0_hat = (x_i - sqrt(1 - abar_i) eps_hat) / sqrt(abar_i):
 
-        x_j = sqrt(abar_j) x0_hat + sqrt(1 - abar_j - sigma^2) eps_hat + sigma z,   sigma = ddim_sigma(i, j, eta).
+        x_j = sqrt(abar_j) x0_hat + sqrt(1 - abar_j - varsigma^2) eps_hat + varsigma eps,
+        varsigma = ddim_sigma(i, j, eta),  eps ~ N(0, I).
 
-    eta = 0: deterministic (the PF-ODE's first-order step); eta = 1, j = i - 1: DDPM's step with tilde beta_i.
+    Arguments in the order of reverse_mean(schedule, x_t, i, eps_hat). eta = 0: deterministic (the PF-ODE's
+    first-order step); eta = 1, j = i - 1: DDPM's step with tilde beta_i.
     """
+    if not isinstance(schedule, DDPMSchedule):
+        raise TypeError(f"ddim_step(schedule, x_t, i, eps_hat, ...) takes the DDPMSchedule first, as reverse_mean "
+                        f"does; got {type(schedule).__name__} (calls written for the old order eps_hat, x_t, "
+                        f"schedule, i need reordering)")
     i = schedule._step(i)
     j = i - 1 if j is None else int(j)
     sigma = float(ddim_sigma(schedule, i, j, eta))

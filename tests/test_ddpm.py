@@ -87,7 +87,7 @@ def test_pr2_ddim_with_eta_1_is_the_ddpm_posterior_step(i):
     assert float(ddim_sigma(sched, i, eta=0.0)) == 0.0
     rng = np.random.default_rng(i)
     x, eps_hat = (torch.from_numpy(rng.normal(size=(64, 2))) for _ in range(2))
-    stepped = ddim_step(eps_hat, x, sched, i, eta=1.0, generator=torch.Generator().manual_seed(7))
+    stepped = ddim_step(sched, x, i, eps_hat, eta=1.0, generator=torch.Generator().manual_seed(7))
     z = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=F64)
     ddpm = reverse_mean(sched, x, i, eps_hat) + math.sqrt(var) * z
     assert (stepped - ddpm).abs().max() < 1e-12
@@ -312,3 +312,12 @@ def test_sde2_dsm_optimality():
         increase = dsm(best + delta) - at_best
         assert increase > 0
         assert abs(increase / float((delta**2).sum(1).mean()) - 1) < 0.10
+
+
+def test_ddim_step_and_reverse_mean_take_their_arguments_in_one_order():
+    """(schedule, x_t, i, eps_hat) for both; the old order (eps_hat first) is refused, not silently misread."""
+    import inspect
+    assert list(inspect.signature(ddim_step).parameters)[:4] == list(inspect.signature(reverse_mean).parameters)
+    sched, x = DDPMSchedule.linear(), torch.zeros(3, 2, dtype=F64)
+    with pytest.raises(TypeError, match="DDPMSchedule first"):
+        ddim_step(x, x, sched, 10)

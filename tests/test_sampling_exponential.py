@@ -244,5 +244,5 @@ def test_ddim_on_the_ddpm_chain_path_is_the_chains_ddim_step():
                          generator=torch.Generator().manual_seed(5)).x
         x, g = x_T, torch.Generator().manual_seed(5)
         for i, j in pairwise(steps):
-            x = ddim_step(eps_model(x, i / 1000), x, schedule, i, j, eta=eta, generator=g)
+            x = ddim_step(schedule, x, i, eps_model(x, i / 1000), j, eta=eta, generator=g)
         assert float((ours - x).abs().max()) < 1e-12, eta
