@@ -97,7 +97,7 @@ CHECKS = {
     "SI-1": Check("the stochastic interpolant's ODE and SDEs carry the base to a Gaussian target", "the target's mean and covariance, within 0.02", "albergo2023interpolants"),
     "SI-2": Check("the quadratic objectives for the drift and the score are minimised at the exact fields, with the predicted excess", "$\\tfrac12\\lvert\\delta\\rvert^2D$ and $\\tfrac12(0.1)^2\\mathbb E\\lvert s\\rvert^2$, within 15 %", "albergo2023interpolants"),
     "SI-3": Check("the denoiser identity $\\mathbb E\\lvert z-\\eta_z\\rvert^2=D-\\mathbb E\\lvert\\eta_z\\rvert^2$", "both sides by Monte Carlo, within 5 standard errors", "albergo2023interpolants"),
-    "SI-4": Check("the one-sided interpolant with $\\alpha=1-t$, $\\beta=t$ is rectified flow: its drift is the PF-ODE velocity", "the velocity from GMM2's exact posterior means, to 1e-10", "albergo2023interpolants, liu2023rectified"),
+    "SI-4": Check("the one-sided interpolant with $\\alpha=1-t$, $\\varrho=t$ is rectified flow: its drift is the PF-ODE velocity", "the velocity from GMM2's exact posterior means, to 1e-10", "albergo2023interpolants, liu2023rectified"),
     "SI-5": Check("the interpolant's density solves the transport equation, and with the forward drift the Fokker–Planck equation", "0: relative residual on a 1-D grid below 1e-4", "albergo2023interpolants"),
     "TK-1": Check("the closed-form mixture score is $\\nabla\\log p_t$", "central differences of $\\log p_t$ ($h=10^{-5}$), to 1e-7", "derived (exact Gaussian-mixture marginals)"),
     "TK-2": Check("the closed-form Hessian of $\\log p_t$ is the score's Jacobian, and symmetric", "finite differences of the score (1e-7) and its transpose (1e-12)", "derived (exact Gaussian-mixture marginals)"),

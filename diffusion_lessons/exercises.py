@@ -1,7 +1,7 @@
 """Checks for the exercises in which the reader writes the code (chapters 2-5).
 
 Each `check_*` runs the reader's function on a problem whose answer is known exactly: Gaussian data
-N(0, s^2 I), for which every loss has a closed-form value at the exact predictor and at the zero
+N(0, nu I), for which every loss has a closed-form value at the exact predictor and at the zero
 predictor, the probability-flow map is linear, and the divergence of a field is a formula. It prints
 one line per thing it measured and returns a dict of the numbers; when something is off it raises
 `ExerciseError` (an AssertionError, so a wrong solution fails the book build) saying what was
@@ -25,7 +25,7 @@ from .paths import VP, RectifiedFlow, as_time
 __all__ = ["ExerciseError", "check_elbo_loss", "check_dsm_loss", "check_euler_sampler", "check_hutchinson"]
 
 N_SE = 4.5  # tolerance of every Monte Carlo comparison, in standard errors
-DATA_VAR = 0.5  # s^2 of the Gaussian data N(0, s^2 I) the losses are checked on
+DATA_VAR = 0.5  # nu, the variance of the Gaussian data N(0, nu I) the losses are checked on
 DIM = 2
 
 
@@ -62,12 +62,12 @@ def _compare(name: str, measured: float, se: float, expected: float, hint: str) 
 
 
 # -- chapter 2: the ELBO-weighted loss -----------------------------------------------------------
-def _exact_eps_on_chain(schedule: DDPMSchedule, s2: float):
-    """E[eps | x_i] for x_0 ~ N(0, s2 I): sqrt(1 - abar_i) x / (abar_i s2 + 1 - abar_i), i an int or a tensor [B]."""
+def _exact_eps_on_chain(schedule: DDPMSchedule, nu: float):
+    """E[eps | x_i] for x_0 ~ N(0, nu I): sqrt(1 - abar_i) x / (abar_i nu + 1 - abar_i), i an int or a tensor [B]."""
     def eps_model(x, i):
         abar = schedule.alpha_bar.to(x.dtype)[torch.as_tensor(i, dtype=torch.long)]
         abar = abar.reshape(-1, *([1] * (x.dim() - 1))) if abar.dim() else abar
-        return (1 - abar).sqrt() * x / (abar * s2 + 1 - abar)
+        return (1 - abar).sqrt() * x / (abar * nu + 1 - abar)
     return eps_model
 
 
@@ -76,9 +76,9 @@ def check_elbo_loss(loss_fn: Callable, batch: int = 4096, batches: int = 24, see
     step terms sum_{i=1}^N w_i E||eps - eps_model(x_i, i)||^2, with w_i = `ddpm_elbo_weights(schedule)`
     (nu_i^2 = beta_i), i drawn uniformly from 1..N for each data point and multiplied by N.
 
-    Exact references, for data N(0, s^2 I) in D dimensions on a coarse 20-step chain (so that an
+    Exact references, for data N(0, nu I) in D dimensions on a coarse 20-step chain (so that an
     off-by-one step index shows): at eps_model = 0 the expectation is D sum_i w_i; at the exact
-    predictor E[eps | x_i] it is D sum_i w_i abar_i s^2 / (abar_i s^2 + 1 - abar_i).
+    predictor E[eps | x_i] it is D sum_i w_i abar_i nu / (abar_i nu + 1 - abar_i).
     """
     schedule = DDPMSchedule.linear(20, 1e-3, 0.3)
     weights, abar = ddpm_elbo_weights(schedule), schedule.alpha_bar[1:]
@@ -112,15 +112,15 @@ def check_dsm_loss(loss_fn: Callable, batch: int = 4096, batches: int = 24, seed
     Song's weight, mean over the batch of sigma_t^2 ||score_model(x_t, t) + eps / sigma_t||^2, where
     t ~ U[t_min, 1] (one per data point), eps ~ N(0, I) and x_t = alpha_t x0 + sigma_t eps.
 
-    Exact references, for data N(0, s^2 I) on VP and on rectified flow: at score_model = 0 the
-    expectation is D; at the exact score -x / (alpha_t^2 s^2 + sigma_t^2) it is
-    D (1 - t_min)^{-1} int_{t_min}^1 alpha_t^2 s^2 / (alpha_t^2 s^2 + sigma_t^2) dt (Gauss-Legendre quadrature).
+    Exact references, for data N(0, nu I) on VP and on rectified flow: at score_model = 0 the
+    expectation is D; at the exact score -x / (alpha_t^2 nu + sigma_t^2) it is
+    D (1 - t_min)^{-1} int_{t_min}^1 alpha_t^2 nu / (alpha_t^2 nu + sigma_t^2) dt (Gauss-Legendre quadrature).
     """
     t_min, result = 1e-3, {}
     for path in (VP(), RectifiedFlow()):
         def floor(t, path=path):
-            a2, s2 = path.alpha(t) ** 2, path.sigma(t) ** 2
-            return a2 * DATA_VAR / (a2 * DATA_VAR + s2)
+            a2, sig2 = path.alpha(t) ** 2, path.sigma(t) ** 2
+            return a2 * DATA_VAR / (a2 * DATA_VAR + sig2)
         expected = {"zero": float(DIM), "exact": DIM * _gauss_legendre_mean(floor, t_min, 1.0) / (1 - t_min)}
 
         def exact_score(x, t, path=path):
@@ -156,9 +156,9 @@ def check_euler_sampler(sampler: Callable, seed: int = 0) -> dict:
     """
     mu = torch.tensor([1.0, -0.5], dtype=torch.float64)
     rot = torch.tensor([[math.cos(0.5), -math.sin(0.5)], [math.sin(0.5), math.cos(0.5)]], dtype=torch.float64)
-    lam = torch.tensor([2.0, 0.3], dtype=torch.float64)
-    sigma = rot @ torch.diag(lam) @ rot.T
-    sqrt_sigma = rot @ torch.diag(lam.sqrt()) @ rot.T
+    nu = torch.tensor([2.0, 0.3], dtype=torch.float64)  # the eigenvalues of Sigma
+    sigma = rot @ torch.diag(nu) @ rot.T
+    sqrt_sigma = rot @ torch.diag(nu.sqrt()) @ rot.T
     eye = torch.eye(2, dtype=torch.float64)
 
     def velocity(x, t):

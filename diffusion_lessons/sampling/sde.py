@@ -62,21 +62,22 @@ def langevin(score: Field, x, t: float, steps: int = 1, step_size=None, snr: flo
              generator=None):
     """Langevin MCMC at a fixed time t (Song et al. 2021, Alg. 4/5), `steps` times:
 
-        x <- x + eps * score(x, t) + sqrt(2 eps) z,   z ~ N(0, I).
+        x <- x + delta * score(x, t) + sqrt(2 delta) eps,   eps ~ N(0, I).
 
-    eps = step_size when given; otherwise Song's signal-to-noise rule
-    eps = 2 alpha (snr ||z|| / ||score||)^2, with norms the batch means of per-sample norms.
+    delta = step_size when given; otherwise Song's signal-to-noise rule
+    delta = 2 alpha (snr ||eps|| / ||score||)^2, with norms the batch means of per-sample norms, where
+    `alpha` is the signal the forward step keeps (1 - beta_i in chapter 2's notation; Song et al. call it alpha_i).
     """
     for _ in range(steps):
         s = score(x, t)
-        z = _noise_like(x, generator)
+        eps = _noise_like(x, generator)
         if step_size is None:
-            z_norm = z.flatten(1).norm(dim=1).mean()
+            eps_norm = eps.flatten(1).norm(dim=1).mean()
             s_norm = s.flatten(1).norm(dim=1).mean().clamp_min(torch.finfo(x.dtype).tiny)
-            eps = 2 * alpha * (snr * z_norm / s_norm) ** 2
+            delta = 2 * alpha * (snr * eps_norm / s_norm) ** 2
         else:
-            eps = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
-        x = x + eps * s + torch.sqrt(2 * eps) * z
+            delta = torch.as_tensor(step_size, dtype=x.dtype, device=x.device)
+        x = x + delta * s + torch.sqrt(2 * delta) * eps
     return x
 
 
