@@ -15,6 +15,7 @@ def test_quick_bench_prints_every_table(tmp_path, capsys):
     assert re.search(r"\| TimeMLP\(2\), moons \| 256 \| \d+ \| [\d,]+ \| [\d,]+ \| [\d.]+x \|", printed)
     assert re.search(r"\| dpm\+\+2m \| log_snr \| \d\.\d\de-\d\d \|", printed)  # errors of a method on a grid
     assert "Reaching 100-step Euler" in printed and "Teleport start" in printed
+    assert re.search(r"\| euler \| (power p|karras rho) = [\d.]+ \| \d\.\d\de-\d\d \|", printed)  # the tuned grids
     written = out.read_text()
     assert written.startswith("## diffusion-lessons bench") and "device: CPU" in written
     assert "--quick" in written  # the command line is recorded
