@@ -266,14 +266,26 @@ class FlowMapMLP(TimeMLP):
     parameterisation (e.g. x - (t - r) out, the average velocity of MeanFlow and shortcut models).
     t, r: floats or tensors [N] with r <= t. The step enters as a second embedding added to the
     time's, as in the DiTs of Frans et al. (2024) and Geng et al. (2025).
+
+    max_freq: the highest frequency of both time embeddings (TimeEmbedding). MeanFlow differentiates the
+    network in t (its JVP), and high frequencies make that derivative large and its target noisy; a
+    low max_freq (e.g. 20) keeps d/dt smooth. Kept out of `config` at its default, so that checkpoints
+    written before the setting existed still match.
     """
 
     def __init__(self, dim: int, hidden: int = 128, depth: int = 3, time_dim: int = 32,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, max_freq: float = 1000.0):
         super().__init__(dim, hidden, depth, time_dim, num_classes)
         self.config["class"], self.owner = "FlowMapMLP", f"FlowMapMLP(dim={dim})"
         self.cond.owner = self.owner
         self.step = _StepConditioning(self.owner, time_dim)
+        if float(max_freq) != 1000.0:
+            if not (isinstance(max_freq, (int, float)) and 1.0 <= float(max_freq) < float("inf")):
+                raise ValueError(f"max_freq must be a finite number >= 1 (the highest time frequency); "
+                                 f"got {max_freq!r}")
+            self.config["max_freq"] = float(max_freq)
+            self.cond.embed = TimeEmbedding(time_dim, float(max_freq))
+            self.step.embed = TimeEmbedding(time_dim, float(max_freq))
 
     def forward(self, x: torch.Tensor, t, r, y: torch.Tensor | None = None) -> torch.Tensor:
         _check_vectors(self.owner, x, self.dim, self)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import diffusion_lessons as dl
+from diffusion_lessons import flow_maps as fm
 from diffusion_lessons.flow_maps import (
     AverageVelocityMap,
     MeanFlowObjective,
@@ -152,3 +153,17 @@ def test_the_draw_follows_sample_tr():
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="data_proportion"):
         MeanFlowObjective(data_proportion=1.5)
+
+
+def test_the_adaptive_weight_settles_on_the_mean_only_for_a_symmetric_law():
+    gen = torch.Generator().manual_seed(0)
+    symmetric = torch.tensor([1.0, -2.0], dtype=torch.float64) + torch.randn(200_000, 2, generator=gen,
+                                                                             dtype=torch.float64)
+    # squared error (norm_p = 0): the mean exactly; adaptive weight on a symmetric law: the mean up to MC error
+    assert torch.allclose(fm.adaptive_fixed_point(symmetric, norm_p=0.0), symmetric.mean(0), atol=1e-12)
+    assert float((fm.adaptive_fixed_point(symmetric) - torch.tensor([1.0, -2.0], dtype=torch.float64)).norm()) < 0.02
+    # 70 % of the mass around +2, 30 % around -2 (unit noise): mean 0.8, the weighted fixed point beside the +2 mode
+    heavy = (torch.rand(200_000, generator=gen) < 0.7).to(torch.float64) * 4 - 2
+    lopsided = (heavy + torch.randn(200_000, generator=gen, dtype=torch.float64))[:, None]
+    assert abs(float(lopsided.mean()) - 0.8) < 0.02
+    assert float(fm.adaptive_fixed_point(lopsided)) > 1.5

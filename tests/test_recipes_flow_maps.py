@@ -45,15 +45,26 @@ def test_the_digits16_builders_still_cover_every_method():
     assert list(ch12.builders("gmm2")) == [f"ch12-{m}-gmm2" for m in METHODS]
 
 
+def test_the_smooth_meanflow_recipe_changes_exactly_the_two_settings():
+    call = recipes.fit_call("ch12-meanflow-smooth-gmm2", "smoke")
+    record = recipes.fit_call("ch12-meanflow-gmm2", "smoke")
+    assert call.model.config == {**record.model.config, "max_freq": 20.0}
+    assert call.kwargs["objective"].config() == {**record.kwargs["objective"].config(), "norm_p": 0.0}
+    assert {k: v for k, v in call.kwargs.items() if k not in ("objective", "name")} == \
+        {k: v for k, v in record.kwargs.items() if k not in ("objective", "name")}
+
+
 def test_every_chapter12_recipe_is_registered_with_a_description_and_a_claim():
     names = [n for n in recipes.names() if n.startswith("ch12-")]
     assert ch12.KINDS == ("gmm2",)
-    assert names == [f"ch12-{m}-{k}" for k in ch12.KINDS for m in METHODS]
+    expected = [f"ch12-{m}-{k}" for k in ch12.KINDS for m in METHODS]
+    expected.insert(expected.index("ch12-pd8-gmm2"), "ch12-meanflow-smooth-gmm2")  # MeanFlow with two changes
+    assert names == expected
     for name in names:
         recipe = recipes.get(name)
         assert recipes.describe(name) and recipe.evaluate is not None
         assert recipe.claim is not None
-        if "meanflow" in name:  # shown failing in the chapter: no claim, and a note saying why
+        if name == "ch12-meanflow-gmm2":  # the authors' settings, shown failing: no claim, and a note saying why
             assert recipe.claim.factor is None and "MeanFlow failing" in recipe.claim.note
         else:
             assert recipe.claim.factor >= 1.2

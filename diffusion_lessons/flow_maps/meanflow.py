@@ -26,7 +26,7 @@ import torch
 
 from ..paths import Path, RectifiedFlow
 
-__all__ = ["MeanFlowObjective", "meanflow_target"]
+__all__ = ["MeanFlowObjective", "adaptive_fixed_point", "meanflow_target"]
 
 CODE_HASH = hashlib.sha256(pathlib.Path(__file__).read_bytes()).hexdigest()[:16]  # joins the cache key
 
@@ -40,6 +40,24 @@ def meanflow_target(net, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, v: t
     u, dudt = torch.func.jvp(net, (z, t, r), (v, torch.ones_like(t), torch.zeros_like(r)))
     h = (t - r).clamp(0.0, 1.0).reshape(-1, *([1] * (z.dim() - 1)))
     return u, (v - h * dudt).detach()
+
+
+def adaptive_fixed_point(v: torch.Tensor, norm_eps: float = 0.01, norm_p: float = 1.0,
+                         iterations: int = 200) -> torch.Tensor:
+    """The constant u that the adaptive loss mean_n ||u - v_n||^2 / sg(||u - v_n||^2 + norm_eps)^norm_p settles
+    on for targets v [N, D]: where its gradient vanishes, u = sum_n w_n v_n / sum_n w_n with
+    w_n = (||u - v_n||^2 + norm_eps)^(-norm_p), found by iterating that (reweighted least squares) from the mean.
+
+    norm_p = 0 gives the mean, the minimiser of the squared error. For norm_p = 1 and targets scattered
+    symmetrically about their mean it is the mean too; for a lopsided (e.g. bimodal) law it moves towards the
+    heavier mode: the weight 1 / error favours the targets already close to u.
+    """
+    v = v.reshape(len(v), -1)
+    u = v.mean(0)
+    for _ in range(int(iterations)):
+        w = ((u - v).square().sum(1) + norm_eps) ** (-norm_p)
+        u = (w[:, None] * v).sum(0) / w.sum()
+    return u
 
 
 class MeanFlowObjective:
