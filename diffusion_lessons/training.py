@@ -53,6 +53,7 @@ CACHE_ENV = "DIFFUSION_LESSONS_CACHE"
 # With the default checkpoint_every, resume checkpoints come every 10% of the steps but at most
 # once per this many seconds: a run of a few seconds writes none, a long one loses little.
 PARTIAL_MIN_SECONDS = 30.0
+MAX_LR = 1e6  # larger learning rates are refused by name (past float32's range Adam's step overflows in torch)
 # The modules whose source determines what a run computes; their hash joins the cache key.
 _CODE_MODULES = ("nets.py", "objectives.py", "paths.py", "training.py", "train_step.py", "distributed.py")
 
@@ -99,6 +100,8 @@ def _settings(budget, steps, batch_size, lr, log_every) -> tuple[int, int, float
     batch_size = (pick(smoke=256, laptop=512, gpu=4096, budget=budget) if batch_size is None
                   else whole_number("batch_size", batch_size, 1))
     lr = pick(smoke=3e-3, laptop=2e-3, gpu=1e-3, budget=budget) if lr is None else positive_real("lr", lr, "1e-3")
+    if lr > MAX_LR:  # beyond float32's range the optimizer's step itself overflows, inside torch
+        raise ValueError(f"lr must be at most {MAX_LR:g} (learning rates are around 1e-3); got {lr!r}")
     log_every = max(1, steps // 100) if log_every is None else whole_number("log_every", log_every, 1)
     return steps, batch_size, float(lr), log_every
 

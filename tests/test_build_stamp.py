@@ -36,6 +36,9 @@ def sandbox(tmp_path):
     fake = bin_dir / "jupyter-book"
     fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexit "${{FAKE_BUILD_STATUS:-0}}"\n')
     fake.chmod(0o755)
+    pretrain = bin_dir / "diffusion-lessons"  # records that make book asked it to train every recipe first
+    pretrain.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "pretrain.txt"}\n')
+    pretrain.chmod(0o755)
     (tmp_path / ".vendor").mkdir()
     for made in (tmp_path / ".venv" / ".installed", tmp_path / ".vendor" / "MANIFEST.json"):
         made.touch()  # newer than pyproject.toml and vendor_assets.py: neither install nor vendor runs
@@ -64,6 +67,8 @@ def test_make_book_rebuilds_every_page_when_the_settings_change(sandbox):
     assert args.endswith("--all") and "budget 'smoke' -> 'laptop'" in out, out
     status, args, out = sandbox(DIFFUSION_LESSONS_BUDGET="laptop", DIFFUSION_LESSONS_WEIGHTS="train")
     assert args.endswith("--all") and "weights 'shipped' -> 'train'" in out, out
+    # training from scratch: every recipe is trained into the cache first, outside the notebooks' cell timeout
+    assert (sandbox.root / "pretrain.txt").read_text().split() == ["pretrain"]
     assert sandbox(DIFFUSION_LESSONS_BUDGET="laptop", DIFFUSION_LESSONS_WEIGHTS="train")[1].endswith("keep-going")
     with open(sandbox.root / "diffusion_lessons" / "budget.py", "a") as f:
         f.write("\n# an edit to the package\n")
