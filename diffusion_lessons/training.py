@@ -53,7 +53,7 @@ CACHE_ENV = "DIFFUSION_LESSONS_CACHE"
 # With the default checkpoint_every, resume checkpoints come every 10% of the steps but at most
 # once per this many seconds: a run of a few seconds writes none, a long one loses little.
 PARTIAL_MIN_SECONDS = 30.0
-MAX_LR = 1e6  # larger learning rates are refused by name (past float32's range Adam's step overflows in torch)
+MAX_LR = 1e30  # larger learning rates are refused by name (near float32's range Adam's step overflows in torch)
 # The modules whose source determines what a run computes; their hash joins the cache key.
 _CODE_MODULES = ("nets.py", "objectives.py", "paths.py", "training.py", "train_step.py", "distributed.py")
 
