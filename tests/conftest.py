@@ -37,6 +37,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture
+def one_thread_and_a_private_cache(tmp_path, monkeypatch):
+    """Tiny models run fastest on one thread; every test gets an empty model cache of its own.
+    Use with `pytestmark = pytest.mark.usefixtures("one_thread_and_a_private_cache")`."""
+    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def close_figures():
     """Every test leaves no matplotlib figure open (only where pyplot was imported at all)."""

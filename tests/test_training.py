@@ -21,14 +21,7 @@ from diffusion_lessons.training import (CHECKPOINT_MARKER, CheckpointError, Trai
 SMALL = dict(steps=40, batch_size=64, lr=3e-3, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_a_private_cache(tmp_path, monkeypatch):
-    """Tiny models run fastest on one thread; every test gets an empty cache of its own."""
-    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_and_a_private_cache")  # tests/conftest.py
 
 
 def _data(n=4096, seed=0):
