@@ -1,6 +1,8 @@
 # make test         : create .venv if needed, install the project, run the unit tests and the notebooks (nbval)
+#                     in TEST_WORKERS (default 2) parallel pytest-xdist workers
 # make book         : create .venv if needed, install, fetch the vendored JavaScript once (needs npm), execute
-#                     every chapter and build the HTML book (_build/html), which then works with no network;
+#                     every chapter (BOOK_WORKERS, default 2, at a time: book/execute_chapters.py) and build
+#                     the HTML book (_build/html), which then works with no network;
 #                     every page is rebuilt when the budget, the weights setting, the shipped weights or the
 #                     package changed since the last build (book/build_stamp.py); with
 #                     DIFFUSION_LESSONS_WEIGHTS=train it first trains every recipe into the model cache
@@ -19,6 +21,10 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 VENDOR := .vendor/MANIFEST.json
 BENCH_ARGS ?=
+# make test's pytest-xdist workers; each runs whole files (a notebook's cells stay in one kernel) on one thread
+TEST_WORKERS ?= 2
+# chapters make book executes at once (book/execute_chapters.py), each kernel on one thread
+BOOK_WORKERS ?= 2
 
 .PHONY: test book browser-test vendor bench clean venv
 
@@ -31,7 +37,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest --nbval-lax -p no:cacheprovider
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax -p no:cacheprovider
 
 book: $(STAMP) $(VENDOR)
 	@if [ "$${DIFFUSION_LESSONS_WEIGHTS:-}" = train ]; then \
@@ -40,6 +46,7 @@ book: $(STAMP) $(VENDOR)
 	  $(VENV)/bin/diffusion-lessons pretrain; fi
 	@all=; $(PY) book/build_stamp.py check _build || { rc=$$?; [ $$rc -eq 1 ] || exit $$rc; all=--all; \
 	  $(PY) book/build_stamp.py forget _build; }; \
+	$(PY) book/execute_chapters.py _build --workers $(BOOK_WORKERS) || exit $$?; \
 	echo "$(VENV)/bin/jupyter-book build . -W -n --keep-going $$all"; \
 	$(VENV)/bin/jupyter-book build . -W -n --keep-going $$all
 	$(PY) book/build_stamp.py write _build

@@ -11,10 +11,11 @@ The stamp `_build/.book-settings.json` records the settings a build used:
 * the SHA-256 of the package's source (the chapters' outputs depend on it).
 
     python book/build_stamp.py check [BUILD]    # exit 0 when BUILD's stamp matches today's settings, else 1 (says why)
-    python book/build_stamp.py forget [BUILD]   # delete the stamp (before a full rebuild)
+    python book/build_stamp.py forget [BUILD]   # delete the stamp and the executed chapters (before a full rebuild)
     python book/build_stamp.py write [BUILD]    # record today's settings (after a successful build)
 
-`make book` runs `check`; when it says 1 it forgets the stamp and builds with `jupyter-book build --all`,
+`make book` runs `check`; when it says 1 it forgets the stamp (and empties the execution cache, so every
+chapter is executed again by book/execute_chapters.py) and builds with `jupyter-book build --all`,
 then writes the stamp once the build has passed; 2 (an unknown budget or weights setting, named on
 stderr) stops it. BUILD defaults to _build.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -73,8 +75,9 @@ def main(argv: list[str]) -> int:
         print("usage: python book/build_stamp.py check|forget|write [BUILD]", file=sys.stderr)
         return 2
     build = Path(argv[1]) if len(argv) > 1 else REPO / "_build"
-    if argv[0] == "forget":
+    if argv[0] == "forget":  # and the executed chapters of those settings (book/execute_chapters.py)
         (build / STAMP).unlink(missing_ok=True)
+        shutil.rmtree(build / ".jupyter_cache", ignore_errors=True)
         return 0
     try:
         now = settings()

@@ -39,6 +39,10 @@ def sandbox(tmp_path):
     pretrain = bin_dir / "diffusion-lessons"  # records that make book asked it to train every recipe first
     pretrain.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path / "pretrain.txt"}\n')
     pretrain.chmod(0o755)
+    # the parallel execution of the chapters (book/execute_chapters.py) only records that it ran
+    (tmp_path / "book" / "execute_chapters.py").write_text(
+        f'import sys\nopen({str(tmp_path / "executed.txt")!r}, "a").write(" ".join(sys.argv[1:]) + "\\n")\n'
+        'import os\nsys.exit(int(os.environ.get("FAKE_EXECUTE_STATUS", "0")))\n')
     (tmp_path / ".vendor").mkdir()
     for made in (tmp_path / ".venv" / ".installed", tmp_path / ".vendor" / "MANIFEST.json"):
         made.touch()  # newer than pyproject.toml and vendor_assets.py: neither install nor vendor runs
@@ -86,3 +90,21 @@ def test_a_failed_build_leaves_no_stamp_and_a_bad_budget_builds_nothing(sandbox)
     status, args, out = sandbox(DIFFUSION_LESSONS_BUDGET="huge")
     assert status != 0 and args is None, out
     assert "unknown budget 'huge'" in out and "valid budgets: smoke, laptop, gpu" in out
+
+
+@pytest.mark.skipif(MAKE is None, reason="needs make")
+def test_chapters_are_executed_first_and_a_failed_chapter_stops_the_build(sandbox):
+    """make book runs book/execute_chapters.py before Sphinx; when a chapter fails there, Sphinx does not
+    run and no stamp is written. A change of settings empties the execution cache, so every chapter runs again."""
+    executed = sandbox.root / "executed.txt"
+    assert sandbox(DIFFUSION_LESSONS_BUDGET="smoke")[0] == 0
+    assert executed.read_text().split() == ["_build", "--workers", "2"]
+    cached = sandbox.root / "_build" / ".jupyter_cache" / "executed"
+    cached.mkdir(parents=True)
+    assert sandbox(DIFFUSION_LESSONS_BUDGET="smoke")[0] == 0 and cached.is_dir(), "same settings: the cache is kept"
+    status, args, out = sandbox(DIFFUSION_LESSONS_BUDGET="laptop", FAKE_EXECUTE_STATUS="1")
+    assert status != 0 and args is None, out
+    assert not cached.exists(), "new settings: the chapters executed with the old ones are forgotten"
+    assert not (sandbox.root / "_build" / ".book-settings.json").exists()
+    status, args, out = sandbox(DIFFUSION_LESSONS_BUDGET="laptop")
+    assert status == 0 and args.endswith("--all"), out
