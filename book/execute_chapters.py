@@ -28,30 +28,6 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = ".jupyter_cache"
 
 
-def chapters(repo: Path = REPO) -> list[Path]:
-    """The notebooks listed in _toc.yml, in the table's order."""
-    import yaml
-
-    found = []
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key in ("root", "file"):
-                name = node.get(key)
-                if isinstance(name, str) and (repo / f"{name}.ipynb").is_file():
-                    found.append(repo / f"{name}.ipynb")
-                elif isinstance(name, str) and name.endswith(".ipynb") and (repo / name).is_file():
-                    found.append(repo / name)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(yaml.safe_load((repo / "_toc.yml").read_text()))
-    return found
-
-
 def cell_timeout(repo: Path = REPO) -> int:
     """_config.yml's execute.timeout: seconds a cell may run."""
     import yaml
@@ -86,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = get_cache(str(Path(args.build) / CACHE))
     todo = []
+    from diffusion_lessons.bench import chapters  # the notebooks of _toc.yml, as `make bench` times them
+
     root = Path(args.root).resolve()
     for path in chapters(root):
         try:
@@ -99,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         # each kernel (started by a worker, inheriting this environment) computes on one thread
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     timeout = cell_timeout(root)
-    # later chapters are the longer ones: start them first, so that no long chapter runs alone at the end
+    # the longest chapters (11 and 13) are near the end of the table: start from there, so that no long
+    # chapter runs alone at the end
     todo.sort(key=lambda p: p.name, reverse=True)
     print(f"executing {len(todo)} chapter(s) in {args.workers} parallel kernel(s), at most {timeout} s a cell")
     started, failed = time.perf_counter(), []

@@ -271,14 +271,14 @@ def bench_memory(device: torch.device, quick: bool) -> str:
 
 
 # -- d. the book ------------------------------------------------------------------------------------
-def chapters() -> list[FilePath]:
-    """The notebooks listed (not commented out) in _toc.yml, in order."""
-    toc = ROOT / "_toc.yml"
+def chapters(root: FilePath = ROOT) -> list[FilePath]:
+    """The notebooks listed (not commented out) in root's _toc.yml, in order (book/execute_chapters.py uses it too)."""
+    toc = root / "_toc.yml"
     if not toc.exists():
         return []
     files = [line.split("file:", 1)[1].strip() for line in toc.read_text().splitlines()
              if line.strip().startswith("- file:") and "notebooks/" in line]
-    return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").exists()]
+    return [root / f"{f}.ipynb" for f in files if (root / f"{f}.ipynb").exists()]
 
 
 def bench_book(device: torch.device, quick: bool) -> str:
