@@ -49,7 +49,7 @@ def _execute(path: str, timeout: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("build", nargs="?", default=str(REPO / "_build"))
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("BOOK_WORKERS", "2")))
+    parser.add_argument("--workers", type=int, default=2, help="chapters at once (make book: BOOK_WORKERS)")
     parser.add_argument("--root", default=str(REPO), help="the book's folder (_toc.yml, _config.yml)")
     args = parser.parse_args(argv)
     if args.workers < 1:
@@ -60,11 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from jupyter_cache import get_cache
     from jupyter_cache.base import CacheBundleIn
 
-    cache = get_cache(str(Path(args.build) / CACHE))
-    todo = []
     from diffusion_lessons.bench import chapters  # the notebooks of _toc.yml, as `make bench` times them
 
-    root = Path(args.root).resolve()
+    cache, root, todo = get_cache(str(Path(args.build) / CACHE)), Path(args.root).resolve(), []
     for path in chapters(root):
         try:
             cache.match_cache_notebook(nbformat.read(path, as_version=4))
