@@ -11,12 +11,14 @@ conditioning of the package's models (nets.py):
   convolutions, global average pooling, a linear layer.
 
 ``train_noisy_classifier`` trains one with AdamW and caches it like `fit` does (a key hashed from the
-settings, the data and the code; atomic writes, weights-only loads, a lock per entry).
+settings, the data and the code; atomic writes, weights-only loads, a lock per entry);
+``fit_noisy_classifier`` is the same with `fit`'s calling convention and result (the recipes ship one).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from pathlib import Path as FilePath
 
@@ -28,7 +30,8 @@ from .checkpoints import exclusive_lock, write_atomically
 from .nets import _check_dtype, _Conditioning, _groups, _mlp, _ResBlock
 from .paths import Path
 
-__all__ = ["ImageTimeClassifier", "TimeClassifier", "classifier_accuracy", "train_noisy_classifier"]
+__all__ = ["ImageTimeClassifier", "TimeClassifier", "classifier_accuracy", "fit_noisy_classifier",
+           "train_noisy_classifier"]
 
 
 class TimeClassifier(nn.Module):
@@ -89,16 +92,6 @@ def _noisy_batch(x, y, path: Path, batch_size: int, t_min: float, gen: torch.Gen
     return x_t, t, y[rows]
 
 
-def _cache_file(classifier, x, y, path, settings: dict, name: str) -> FilePath:
-    # fit's data fingerprint and cache folder (imported here: training imports the package's modules)
-    from .training import _fingerprint, cache_dir
-
-    code = hashlib.sha256(FilePath(__file__).read_bytes() + FilePath(__file__).with_name("nets.py").read_bytes())
-    key = json.dumps({"model": classifier.config, "path": path.config(), "data": _fingerprint((x, y)),
-                      "code": code.hexdigest()[:16], **settings}, sort_keys=True, default=repr)
-    return cache_dir() / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-
-
 def train_noisy_classifier(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, path: Path, steps: int = 2000,
                            batch_size: int = 128, lr: float = 2e-3, t_min: float = 1e-3, seed: int = 0,
                            cache: bool = True, name: str = "noisy-classifier") -> nn.Module:
@@ -108,33 +101,63 @@ def train_noisy_classifier(classifier: nn.Module, x: torch.Tensor, y: torch.Tens
     of the settings, the data and the code (like `fit`). Returns the classifier in eval mode on the CPU,
     with .history = {"step": [...], "loss": [...]} (mean loss every steps // 20 steps).
     """
+    return fit_noisy_classifier(classifier, (x, y), path, steps=steps, batch_size=batch_size, lr=lr, t_min=t_min,
+                                seed=seed, cache=cache, name=name).model
+
+
+def fit_noisy_classifier(classifier: nn.Module, data, path: Path, target: str = "label", budget: str | None = None,
+                         steps: int = 2000, batch_size: int = 128, lr: float = 2e-3, t_min: float = 1e-3,
+                         seed: int = 0, cache: bool = True, name: str = "noisy-classifier", progress: bool = False):
+    """train_noisy_classifier with `fit`'s calling convention, for the recipes and the shipped weights: data is
+    the pair (x, y) and the result a FitResult (the classifier is both .model and .ema: it has no EMA copy), whose
+    .config holds the model, the path, target "label", the data's fingerprint and the settings. budget and progress
+    are accepted as `fit` accepts them and change nothing (the settings are explicit; training shows no bar)."""
+    from . import training  # imported here: training imports the package's modules
+
+    started = time.perf_counter()
     if getattr(classifier, "config", {}).get("class") not in _CLASSIFIERS:
         raise ValueError(f"train_noisy_classifier trains a TimeClassifier or an ImageTimeClassifier; "
                          f"got {type(classifier).__name__}")
+    if target != "label":
+        raise ValueError(f"a noisy classifier predicts the label (target 'label'); got target {target!r}")
+    x, y = data
     if y.shape != (len(x),) or y.is_floating_point():
         raise ValueError(f"labels y must be integers of shape [{len(x)}]; got {list(y.shape)} {y.dtype}")
-    settings = {"steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "t_min": float(t_min),
-                "seed": int(seed)}
-    file = _cache_file(classifier, x, y, path, settings, name) if cache else None
+    settings = {"target": target, "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr),
+                "t_min": float(t_min), "seed": int(seed)}
+    code = hashlib.sha256(FilePath(__file__).read_bytes() + FilePath(__file__).with_name("nets.py").read_bytes())
+    config = json.loads(json.dumps({"model": classifier.config, "path": path.config(),
+                                    "data": training._fingerprint((x, y)), "code": code.hexdigest()[:16], **settings},
+                                   sort_keys=True, default=repr))
+    file = training._cache_file(config, name) if cache else None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         fresh = _CLASSIFIERS[classifier.config["class"]](**{k: v for k, v in classifier.config.items() if k != "class"})
     classifier.load_state_dict(fresh.state_dict())
+
+    def result(from_cache):
+        classifier.eval()
+        return training.FitResult(classifier, classifier, classifier.history, file, time.perf_counter() - started,
+                                  from_cache, config)
+
     if file is None:
-        return _train(classifier, x, y, path, settings)
+        _train(classifier, x, y, path, settings)
+        return result(False)
     with exclusive_lock(file, None):
         if file.exists():
             try:
                 saved = torch.load(file, map_location="cpu", weights_only=True)
+                if saved.get("config") != config:
+                    raise ValueError("it holds another run")
                 classifier.load_state_dict(saved["state_dict"])
                 classifier.history = saved["history"]
-                return classifier.eval()
+                return result(True)
             except Exception as err:  # noqa: BLE001 - a corrupt or foreign file: train again and overwrite it
                 warnings.warn(f"ignoring the cached classifier {file} ({err}); training again", stacklevel=2)
         _train(classifier, x, y, path, settings)
-        write_atomically({"state_dict": classifier.state_dict(), "config": classifier.config,
-                          "history": classifier.history}, file)
-    return classifier
+        write_atomically({"state_dict": classifier.state_dict(), "config": config, "history": classifier.history},
+                         file)
+    return result(False)
 
 
 def _train(classifier, x, y, path, s: dict) -> nn.Module:

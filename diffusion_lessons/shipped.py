@@ -93,9 +93,7 @@ class Pretrained(FitResult):
         if self.source == "shipped":
             e = self.entry
             q = e.get("quality") or {}
-            quality = "" if not q else (f"; {q['metric']} {q['value']:.3g} (exact data {q['floor']:.3g}"
-                                        + (f", moment-matched Gaussian {q['baseline']:.3g}" if q.get("baseline") else "")
-                                        + ")")
+            quality = "" if not q else f"; {recipes.Quality(**q)}"
             took = "" if e.get("seconds") is None else f" in {e['seconds']:.0f} s"
             return (f"{self.recipe}: shipped weights ({e['dtype']}), trained by `{SHIP_COMMAND.format(budget=self.budget)}`, "
                     f"{steps} steps at the {self.budget} budget on {e['device']}{took} ({e['date']})"

@@ -1,4 +1,5 @@
 """Chapter 11's recipes: what they build (without training), the digit split and the image sampler helper."""
+import pytest
 import torch
 
 from diffusion_lessons import recipes
@@ -45,3 +46,29 @@ def test_sample_images_clips_and_follows_the_field():
         v = min(value, 1.0)  # the data prediction itself is clipped at every step
         expected = (a0 * v + s0 / s1 * (x_T - a1 * v)).clamp(-1, 1)
         assert images.shape == (4, 1, 16, 16) and torch.allclose(images, expected, atol=1e-5)
+
+
+def test_the_noisy_classifier_recipe_trains_through_its_own_trainer(tmp_path, monkeypatch):
+    """ch11-noisy-digit-classifier is not a `fit` run: recipes.train runs classifiers.fit_noisy_classifier, whose
+    FitResult carries the run configuration (target "label") and comes from the cache the second time."""
+    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(tmp_path))
+    first = recipes.train("ch11-noisy-digit-classifier", "smoke", steps=3)
+    assert not first.from_cache and first.model is first.ema and first.history["step"][-1] == 3
+    assert first.config["target"] == "label" and first.config["model"]["class"] == "ImageTimeClassifier"
+    again = recipes.train("ch11-noisy-digit-classifier", "smoke", steps=3)
+    assert again.from_cache and again.config == first.config
+    assert all(torch.equal(a, b) for a, b in zip(first.model.parameters(), again.model.parameters()))
+    with pytest.raises(ValueError, match="predicts the label"):
+        recipes.train("ch11-noisy-digit-classifier", "smoke", steps=3, target="eps")
+
+
+def test_a_classifier_that_learned_nothing_fails_the_claim(tmp_path, monkeypatch):
+    """The classifier's claim (held-out error 5x below always answering the majority label) fails for 3 steps of
+    training, i.e. a classifier that has learned nothing; the quality names its two references."""
+    monkeypatch.setenv("DIFFUSION_LESSONS_CACHE", str(tmp_path))
+    untrained = recipes.train("ch11-noisy-digit-classifier", "smoke", steps=3)
+    quality = recipes.evaluate("ch11-noisy-digit-classifier", untrained, "smoke")
+    holds, line = recipes.get("ch11-noisy-digit-classifier").claim.check(quality)
+    assert not holds and "majority label" in line, line
+    assert 0.5 < quality.value <= 1 and 0 < quality.floor < 0.1 and 0.85 < quality.baseline < 0.95
+    assert "(clean-digit classifier " in str(quality) and ", majority label " in str(quality)

@@ -62,24 +62,28 @@ class FitCall:
 
 @dataclasses.dataclass
 class Quality:
-    """A sample-quality figure: `metric` ("SW2" or "FD") of model samples, of real data against
+    """A quality figure, lower is better: `metric` ("SW2" or "FD") of model samples, of real data against
     itself (`floor`: what a perfect model would get, up to sampling noise) and of samples of the
-    moment-matched Gaussian (`baseline`: what a model that learned only the mean and covariance gets)."""
+    moment-matched Gaussian (`baseline`: what a model that learned only the mean and covariance gets).
+    A recipe that measures something else names its two references (floor_name, baseline_name): e.g. a
+    restoration's RMSE beside the best linear restoration's and the degraded input's."""
 
     metric: str
     value: float
     floor: float
     baseline: float | None = None
+    floor_name: str = "exact data"
+    baseline_name: str = "moment-matched Gaussian"
 
     def __str__(self) -> str:
-        gaussian = "" if self.baseline is None else f", Gaussian {self.baseline:.3g}"
-        return f"{self.metric} {self.value:.3g} (floor {self.floor:.3g}{gaussian})"
+        baseline = "" if self.baseline is None else f", {self.baseline_name} {self.baseline:.3g}"
+        return f"{self.metric} {self.value:.3g} ({self.floor_name} {self.floor:.3g}{baseline})"
 
 
 @dataclasses.dataclass(frozen=True)
 class Claim:
-    """What a recipe's trained model must show: its quality figure at most the moment-matched Gaussian's
-    (Quality.baseline) divided by `factor`, i.e. it beats the no-learning baseline by that factor.
+    """What a recipe's trained model must show: its quality figure at most its no-learning baseline's
+    (Quality.baseline: the moment-matched Gaussian's, unless the Quality names another) divided by `factor`.
     factor None: no claim on its samples, for the reason in `note` (e.g. a model the chapter shows failing)."""
 
     factor: float | None
@@ -97,7 +101,7 @@ class Claim:
         if quality.baseline is None:
             return False, f"{quality.metric} has no baseline to compare with"
         holds = quality.value * self.factor <= quality.baseline
-        return holds, (f"{quality.metric} {quality.value:.4g} vs the moment-matched Gaussian's {quality.baseline:.4g}: "
+        return holds, (f"{quality.metric} {quality.value:.4g} vs the {quality.baseline_name}'s {quality.baseline:.4g}: "
                        f"factor {quality.baseline / quality.value:.3g} (claim: at least {self.factor:g})")
 
 
@@ -106,7 +110,9 @@ class Recipe:
     """A named model: build(budget) -> FitCall; evaluate(result, call, budget) -> Quality (or None);
     default_dtype: torch's default dtype while the call is built and run (two chapters build their
     networks under float64, which changes the initial weights, not the cache key); claim: what its
-    trained model must show (Claim, or None); ship: whether `pretrain --ship` ships its weights."""
+    trained model must show (Claim, or None); ship: whether `pretrain --ship` ships its weights;
+    trainer: what runs the call, trainer(model, data, path, **kwargs) -> FitResult (None: `fit`; a
+    noise-conditional classifier: classifiers.fit_noisy_classifier)."""
 
     name: str
     description: str
@@ -115,14 +121,16 @@ class Recipe:
     default_dtype: torch.dtype = torch.float32
     claim: Claim | None = None
     ship: bool = True
+    trainer: Callable[..., FitResult] | None = None
 
 
 _RECIPES: dict[str, Recipe] = {}
 
 
-def _recipe(name: str, description: str, evaluate=None, default_dtype=torch.float32, ship: bool = True):
+def _recipe(name: str, description: str, evaluate=None, default_dtype=torch.float32, ship: bool = True,
+            trainer=None):
     def register(build):
-        _RECIPES[name] = Recipe(name, description, build, evaluate, default_dtype, ship=ship)
+        _RECIPES[name] = Recipe(name, description, build, evaluate, default_dtype, ship=ship, trainer=trainer)
         return build
     return register
 
@@ -181,7 +189,8 @@ def fit_call(name: str, budget: str | None = None) -> FitCall:
 
 
 def train(name: str, budget: str | None = None, call: FitCall | None = None, **fit_overrides) -> FitResult:
-    """Train recipe `name` at `budget` (default: budget.current()) with `fit`, or load it from the cache.
+    """Train recipe `name` at `budget` (default: budget.current()) with `fit` (or the recipe's own trainer),
+    or load it from the cache.
 
     fit_overrides replace the recipe's own arguments (device, progress, ...); one that enters the
     cache key (steps, batch_size, seed, ...) makes a cache entry different from the chapter's.
@@ -190,7 +199,7 @@ def train(name: str, budget: str | None = None, call: FitCall | None = None, **f
     recipe = get(name)
     call = fit_call(name, budget) if call is None else call
     with _default_dtype(recipe.default_dtype):
-        return fit(call.model, call.data, call.path, **{**call.kwargs, **fit_overrides})
+        return (recipe.trainer or fit)(call.model, call.data, call.path, **{**call.kwargs, **fit_overrides})
 
 
 def evaluate(name: str, result: FitResult, budget: str | None = None, call: FitCall | None = None) -> Quality | None:

@@ -34,7 +34,8 @@ def _restoration_quality(result, call, budget):
     out = restore(result.ema, restoration_process(), degraded, "mrs", n_steps=10,
                   generator=torch.Generator().manual_seed(0))
     return Quality("RMSE", rmse(out.x.clamp(-1, 1), clean).mean().item(), rmse(linear(degraded), clean).mean().item(),
-                   rmse(degraded, clean).mean().item())
+                   rmse(degraded, clean).mean().item(), floor_name="best linear restoration",
+                   baseline_name="degraded input")
 
 
 @_recipe("ch13-restoration-unet", "UNet that sees the degraded digit, predicting eps on the mean-reverting path of "
