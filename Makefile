@@ -1,5 +1,7 @@
 # make test         : create .venv if needed, install the project, run the unit tests and the notebooks (nbval)
 #                     in TEST_WORKERS (default 2) parallel pytest-xdist workers
+# make notebooks    : every chapter executed as a test (pytest --nbval-lax notebooks) at the current budget and
+#                     weights setting, TEST_WORKERS at a time; CI runs it at smoke with the shipped weights
 # make book         : create .venv if needed, install, fetch the vendored JavaScript once (needs npm), execute
 #                     every chapter (BOOK_WORKERS, default 2, at a time: book/execute_chapters.py) and build
 #                     the HTML book (_build/html), which then works with no network;
@@ -26,7 +28,7 @@ TEST_WORKERS ?= 2
 # chapters make book executes at once (book/execute_chapters.py), each kernel on one thread
 BOOK_WORKERS ?= 2
 
-.PHONY: test book browser-test vendor bench clean venv
+.PHONY: test notebooks book browser-test vendor bench clean venv
 
 venv: $(STAMP)
 
@@ -38,6 +40,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax -p no:cacheprovider
+
+notebooks: $(STAMP)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax -p no:cacheprovider notebooks
 
 book: $(STAMP) $(VENDOR)
 	@if [ "$${DIFFUSION_LESSONS_WEIGHTS:-}" = train ]; then \

@@ -7,14 +7,6 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-# `make test` runs two pytest-xdist workers on a 2-core machine: each worker (and the notebook kernels and
-# subprocesses it starts, which inherit OMP_NUM_THREADS) computes on one thread, so the two never fight for a core.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MKL_NUM_THREADS"] = "1"
-    torch.set_num_threads(1)
-
-
 def pytest_collection_finish(session):
     # A test module that changes the default dtype at import time changes it for every other
     # module too; float64 checks must use a fixture that restores the default instead.
