@@ -182,22 +182,25 @@ def load_shipped(name: str, folder: FilePath | None = None, device=None) -> Pret
                       budget=entry["budget"], recipe=name, entry=entry)
 
 
-def _train(name: str, budget: str | None) -> Pretrained:
+def _train(name: str, budget: str | None, device) -> Pretrained:
     budget = resolve(budget)
     result = recipes.train(name, budget)
-    ema = result.ema.eval().requires_grad_(False)
+    ema = result.ema.to(device).eval().requires_grad_(False)
     return Pretrained(ema, ema, result.history, result.checkpoint, result.seconds, result.from_cache, result.config,
                       result.resumed_from, result.clock, source="cache" if result.from_cache else "trained",
                       budget=budget, recipe=name)
 
 
-def pretrained(name: str, budget: str | None = None) -> Pretrained:
+def pretrained(name: str, budget: str | None = None, device="cpu") -> Pretrained:
     """Recipe `name`'s trained model, as `$DIFFUSION_LESSONS_WEIGHTS` says (see the module docstring).
 
     budget: None loads the shipped weights whatever budget they were trained at (`.budget` says which),
     and trains at the current budget when there are none; a budget other than the shipped one trains
     at that budget. A shipped file that is refused (corrupt, foreign, another model) is not used: a
     warning says why, and the model is trained instead.
+    device: where the returned network lives; the CPU by default, where the chapters make their tensors,
+    also on a machine with a GPU (Colab's included): pass "cuda" to sample there, with inputs on it. A
+    model trained here is trained where `fit` trains (cuda when available), then moved.
     """
     recipe = recipes.get(name)
     mode = weights_mode()
@@ -205,11 +208,11 @@ def pretrained(name: str, budget: str | None = None) -> Pretrained:
         entry = read_manifest()[recipe.name]
         if budget is None or resolve(budget) == entry["budget"]:
             try:
-                return load_shipped(recipe.name)
+                return load_shipped(recipe.name, device=device)
             except CheckpointError as err:
                 warnings.warn(f"not using the shipped weights of {name}: {err}. Training it at the "
                               f"{resolve(budget)} budget instead.", stacklevel=2)
-    return _train(recipe.name, budget)
+    return _train(recipe.name, budget, device)
 
 
 # -- shipping --------------------------------------------------------------------------------------------

@@ -328,3 +328,16 @@ def test_the_chapter6_unet_follows_the_closed_form_early_and_improves_with_steps
     for k in (4, 8, 16, 32):
         (p, p_nfe), (q, q_nfe) = fd["plain", k], fd["teleport", k]
         assert q_nfe < p_nfe and q < 1.1 * p + allowance, (k, p, q, allowance)
+
+
+def test_pretrained_networks_live_on_the_cpu_even_beside_a_gpu(monkeypatch):
+    """The chapters make their tensors on the CPU, so `pretrained` puts the network there unless asked for another
+    device, also where CUDA is available (Colab's GPU runtime): here CUDA is made to look available, and a move to it
+    (impossible with the CPU wheel) would raise."""
+    monkeypatch.delenv(shipped.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    name = next(n for n, e in sorted(MANIFEST.items()) if e["config"]["model"]["class"] == "TimeMLP")
+    trained = dl.pretrained(name)
+    assert trained.source == "shipped" and {p.device.type for p in trained.model.parameters()} == {"cpu"}
+    x = torch.zeros(3, trained.model.config["dim"])
+    assert torch.isfinite(trained.model(x, 0.5)).all()

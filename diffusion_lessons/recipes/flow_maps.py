@@ -52,12 +52,13 @@ def _consistency_path():
 
 def _trained(name: str, budget: str | None):
     """A recipe's trained model as the chapter gets it: dl.pretrained (shipped weights when there are, else
-    trained; budget None takes the shipped ones whatever budget they were trained at)."""
+    trained; budget None takes the shipped ones whatever budget they were trained at), on the device `fit`
+    trains on (a teacher or a previous round runs inside the student's training)."""
     try:
         from ..shipped import pretrained
     except ImportError:  # before shipped weights exist
         return train(name, budget)
-    return pretrained(name, budget)
+    return pretrained(name, budget, device="cuda" if torch.cuda.is_available() else "cpu")
 
 
 # -- what each data set trains on ------------------------------------------------------------------------
