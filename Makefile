@@ -25,6 +25,7 @@ VENDOR := .vendor/MANIFEST.json
 BENCH_ARGS ?=
 # make test's pytest-xdist workers; each runs whole files (a notebook's cells stay in one kernel) on one thread
 TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax -p no:cacheprovider
 # chapters make book executes at once (book/execute_chapters.py), each kernel on one thread
 BOOK_WORKERS ?= 2
 
@@ -39,10 +40,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax -p no:cacheprovider
+	$(PYTEST)
 
 notebooks: $(STAMP)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --nbval-lax -p no:cacheprovider notebooks
+	$(PYTEST) notebooks
 
 book: $(STAMP) $(VENDOR)
 	@if [ "$${DIFFUSION_LESSONS_WEIGHTS:-}" = train ]; then \

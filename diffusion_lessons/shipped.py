@@ -199,8 +199,9 @@ def pretrained(name: str, budget: str | None = None, device="cpu") -> Pretrained
     at that budget. A shipped file that is refused (corrupt, foreign, another model) is not used: a
     warning says why, and the model is trained instead.
     device: where the returned network lives; the CPU by default, where the chapters make their tensors,
-    also on a machine with a GPU (Colab's included): pass "cuda" to sample there, with inputs on it. A
-    model trained here is trained where `fit` trains (cuda when available), then moved.
+    also on a machine with a GPU (Colab's included): pass "cuda" to sample there, with inputs on it; None:
+    where `fit` trains (cuda when available), as a distillation's teacher needs. A model trained here is
+    trained where `fit` trains, then moved.
     """
     recipe = recipes.get(name)
     mode = weights_mode()

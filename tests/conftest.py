@@ -7,6 +7,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference.py
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+
 def pytest_collection_finish(session):
     # A test module that changes the default dtype at import time changes it for every other
     # module too; float64 checks must use a fixture that restores the default instead.

@@ -58,7 +58,7 @@ def _trained(name: str, budget: str | None):
         from ..shipped import pretrained
     except ImportError:  # before shipped weights exist
         return train(name, budget)
-    return pretrained(name, budget, device="cuda" if torch.cuda.is_available() else "cpu")
+    return pretrained(name, budget, device=None)
 
 
 # -- what each data set trains on ------------------------------------------------------------------------
