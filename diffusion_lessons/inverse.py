@@ -50,6 +50,8 @@ SECOND_ORDER = (None, "full", "trace")
 class Measurement:
     """y = A x + noise_std n for samples of shape `sample_shape`; A a matrix [M, D] or a 0/1 mask.
 
+    y: for a matrix, one measurement [M] shared by every sample or one per sample [N, M]; for a mask, shaped like
+    one sample or like the samples [N, ...].
     forward(x) [N, M] (matrix) or [N, ...] (mask); residual(x) = y - A x, zero where mask = 0;
     gram(): A A^T [M, M] (the mask's own values for a mask, i.e. a diagonal).
     """
@@ -63,6 +65,9 @@ class Measurement:
                              f"[M, {numel}]; got {list(A.shape)}")
         if not self.noise_std >= 0:
             raise ValueError(f"noise_std must be >= 0; got {noise_std}")
+        if not self.is_mask and (y.dim() not in (1, 2) or y.shape[-1] != A.shape[0]):
+            raise ValueError(f"y must be one measurement [{A.shape[0]}] or one per sample [N, {A.shape[0]}] for A of "
+                             f"shape {list(A.shape)}; got {list(y.shape)}")
         self.A, self.y = A, y
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,6 +76,10 @@ class Measurement:
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """y - A x, [N, M] or [N, ...] (zero off the mask)."""
         y = self.y.to(x)
+        per_sample = y.dim() == x.dim() if self.is_mask else y.dim() == 2
+        if per_sample and y.shape[0] not in (1, x.shape[0]):
+            raise ValueError(f"y holds {y.shape[0]} measurements for {x.shape[0]} samples: give one measurement for "
+                             f"all samples or one per sample")
         return (y - x) * self.A.to(x) if self.is_mask else y - self.forward(x)
 
     def gram(self, like: torch.Tensor) -> torch.Tensor:
@@ -248,6 +257,8 @@ def dps_guidance(model: Field, path: Path, A: torch.Tensor, y: torch.Tensor, noi
                  probes: torch.Tensor | None = None, probe_size: float = 0.01, clip: float | None = None) -> Field:
     """field(x, t): the model's prediction with its score moved by scale * grad_x log N(y; A x0_hat(x), Sigma_t(x)).
 
+    y: one measurement [M] for all samples, or one per sample [N, M] (N problems solved in one batch); for a mask
+    A, shaped like one sample or like the samples.
     x0_hat = Tweedie's estimate from the model (predicting `target`), differentiated through the model.
     Sigma_t, held fixed in the gradient:
 

@@ -112,6 +112,28 @@ def test_dps_with_the_second_order_covariance_is_the_exact_likelihood_score_for_
     assert (as_eps - expected).abs().max() < 1e-10
 
 
+def test_dps_with_one_measurement_per_sample_is_each_samples_exact_likelihood_score():
+    """y [N, M]: every sample gets the likelihood score of its own measurement. With the second-order covariance and a
+    Gaussian prior each row is exact (the exact posterior of its own y); first-order rows differ from the exact score
+    but equal a one-measurement call at that row's y."""
+    vp, prior = dl.VP(BMIN, BMAX), _correlated(0.9)
+    A, ys = torch.tensor([[1.0, 0.0]]), torch.tensor([[-1.0], [0.3], [Y_OBS]])
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(4)) * 2
+    score = dl.exact_score(prior, vp)
+    for t in (0.05, 0.4):
+        full = dps_guidance(score, vp, A, ys, 0.05, target="score", second_order="full")(x, t) - score(x, t)
+        first = dps_guidance(score, vp, A, ys, 0.05, target="score")(x, t) - score(x, t)
+        for i, y in enumerate(ys):
+            exact = exact_likelihood_score(prior, vp, A, y, 0.05)(x[i:i + 1], t)
+            alone = dps_guidance(score, vp, A, y, 0.05, target="score")(x[i:i + 1], t) - score(x[i:i + 1], t)
+            assert (full[i:i + 1] - exact).abs().max() < 1e-10
+            assert (first[i:i + 1] - alone).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="3 measurements for 4 samples"):
+        dps_guidance(score, vp, A, ys, 0.05, target="score")(torch.zeros(4, 2), 0.4)
+    with pytest.raises(ValueError, match=r"one per sample \[N, 1\]"):
+        dps_guidance(score, vp, A, torch.ones(3, 2), 0.05, target="score")(x, 0.4)
+
+
 def test_gd4_dps_first_order_is_biased_second_order_is_exact():
     """Check GD-4: prior N(0, [[1, .9], [.9, 1]]), y = x_1 + n = 1.5, noise 0.05; DDPM (N = 1000, linear betas)
     ancestral sampling, 8000 samples. With the second-order (exact) likelihood the hidden coordinate's mean is
