@@ -7,8 +7,8 @@
 #                     the HTML book (_build/html), which then works with no network;
 #                     every page is rebuilt when the budget, the weights setting, the shipped weights or the
 #                     package changed since the last build (book/build_stamp.py); with
-#                     DIFFUSION_LESSONS_WEIGHTS=train it first trains every recipe into the model cache
-#                     (`diffusion-lessons pretrain`), so the chapters load them instead of training in a cell
+#                     DIFFUSION_LESSONS_WEIGHTS=train it first trains every model the chapters load into the
+#                     model cache (`diffusion-lessons pretrain --book`), so that no chapter trains in a cell
 # make browser-test : open every page of the built book in headless Chromium (builds it first if missing;
 #                     needs Debian's chromium and chromium-driver)
 # make vendor       : fetch the pinned JavaScript the book serves itself into .vendor/ (book/vendor_assets.py)
@@ -47,9 +47,9 @@ notebooks: $(STAMP)
 
 book: $(STAMP) $(VENDOR)
 	@if [ "$${DIFFUSION_LESSONS_WEIGHTS:-}" = train ]; then \
-	  echo "DIFFUSION_LESSONS_WEIGHTS=train: every recipe is trained into the model cache first, outside the"; \
-	  echo "notebooks, so that no honest training meets the per-cell timeout (cached models are reused)"; \
-	  $(VENV)/bin/diffusion-lessons pretrain; fi
+	  echo "DIFFUSION_LESSONS_WEIGHTS=train: every model the chapters load is trained into the model cache first,"; \
+	  echo "outside the notebooks, so that no honest training meets the per-cell timeout (cached models are reused)"; \
+	  $(VENV)/bin/diffusion-lessons pretrain --book; fi
 	@all=; $(PY) book/build_stamp.py check _build || { rc=$$?; [ $$rc -eq 1 ] || exit $$rc; all=--all; \
 	  $(PY) book/build_stamp.py forget _build; }; \
 	$(PY) book/execute_chapters.py _build --workers $(BOOK_WORKERS) || exit $$?; \

@@ -3,7 +3,7 @@
     diffusion-lessons train --data moons --target eps --steps 2000 [--path vp] [--seed 0]
                             [--budget laptop] [--checkpoint-every 500] [--out model.pt]
     diffusion-lessons sample model.pt --n 2000 --out samples.png [--steps 100] [--method heun] [--seed 0]
-    diffusion-lessons pretrain [--budget smoke|laptop|gpu] [--only NAME ...] [--list] [--ship]
+    diffusion-lessons pretrain [--budget smoke|laptop|gpu] [--only NAME ... | --book] [--list] [--ship]
     diffusion-lessons bench [ARGS ...]
 
 `train` fits a TimeMLP with `training.fit` (so the checkpoint lands in the cache and a second run
@@ -11,7 +11,8 @@ is instant; an interrupted run, started again, resumes from its last resume chec
 where the checkpoint is. `sample` rebuilds the model from the checkpoint, turns its prediction into
 the PF-ODE velocity u = alpha' x0_hat + sigma' eps_hat with `paths.convert`, and integrates
 dx/dt = u from noise to data (Heun's method unless --method says otherwise). `pretrain` trains every
-chapter's models (the recipes package) into the cache and prints a summary table (pretrain.py); with
+recipe (the recipes package) into the cache and prints a summary table (pretrain.py), `--book` only those the
+chapters load (the shipped set: what `DIFFUSION_LESSONS_WEIGHTS=train make book` trains); with
 --ship it writes them as the package's shipped weights (shipped.py); `bench` hands
 its arguments to diffusion_lessons.bench.
 
@@ -111,7 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=_sample)
     pretrain = commands.add_parser("pretrain", help="train every chapter's models into the cache, then print a summary")
     pretrain.add_argument("--budget", help="smoke, laptop or gpu (default: $DIFFUSION_LESSONS_BUDGET, else by device)")
-    pretrain.add_argument("--only", nargs="+", metavar="NAME", help="train these recipes only (see --list)")
+    which = pretrain.add_mutually_exclusive_group()
+    which.add_argument("--only", nargs="+", metavar="NAME", help="train these recipes only (see --list)")
+    which.add_argument("--book", action="store_true",
+                       help="train only the recipes the chapters load (those whose weights ship), not the extra ones")
     pretrain.add_argument("--list", action="store_true", help="list the recipes and exit")
     pretrain.add_argument("--ship", action="store_true",
                           help="also write the weights shipped with the package (diffusion_lessons/weights, MANIFEST.json)")
@@ -126,7 +130,10 @@ def _pretrain(args) -> int:
     if args.list:
         print(pretrain.list_recipes())
         return 0
-    rows = (pretrain.ship if args.ship else pretrain.pretrain)(args.only, budget=args.budget)
+    from . import recipes
+
+    names = recipes.shipped_names() if args.book else args.only
+    rows = (pretrain.ship if args.ship else pretrain.pretrain)(names, budget=args.budget)
     print(pretrain.format_table(rows))
     return 1 if any(row.source in ("failed", "claim fails") for row in rows) else 0
 

@@ -222,6 +222,25 @@ def test_pretrain_trains_a_recipe_then_finds_it_in_the_cache(tmp_path, capsys):
     assert again[-1] == "cache" and again[5:-1] == quality and again[4] == loss
 
 
+def test_pretrain_book_trains_what_the_chapters_load_and_not_the_extra_models(monkeypatch, capsys):
+    import re
+
+    from diffusion_lessons import pretrain, recipes
+
+    asked = []
+    monkeypatch.setattr(pretrain, "pretrain", lambda names, budget=None: asked.append(names) or [])
+    assert main(["pretrain", "--book", "--budget", "smoke"]) == 0
+    loaded = {name for notebook in (FilePath(__file__).parent.parent / "notebooks").glob("*.ipynb")
+              for name in re.findall(r'pretrained\(\\"([a-z0-9-]+)\\"', notebook.read_text())}
+    assert asked == [recipes.shipped_names()] and len(loaded) > 20
+    assert loaded <= set(asked[0]) and not {"digits32-unet", "procedural-unet"} & set(asked[0])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:  # one or the other
+        main(["pretrain", "--book", "--only", "ch07-free"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "not allowed with argument --book" in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["pretrain", "--only", "ch04-velocity", "nope"], "unknown recipe 'nope'; valid recipes: ch02-eps-gmm2, "),
     (["pretrain", "--budget", "huge"], "unknown budget 'huge'; valid budgets: smoke, laptop, gpu"),
