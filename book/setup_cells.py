@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(source)
         return 0
     bad = 0
-    for path in args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for path in args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb")):
         nb = json.loads(path.read_text(encoding="utf-8"))
         why = problem(nb, source)
         if why is None:

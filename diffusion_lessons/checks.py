@@ -214,8 +214,14 @@ def _bib_keys(root: FilePath | None = None) -> set[str]:
     return set(re.findall(r"^@\w+\{([^,\s]+),", bib.read_text(), flags=re.MULTILINE)) if bib.is_file() else set()
 
 
+def _chapter_number(stem: str) -> str:
+    """'11a_guidance' -> '11a', '05_probability_flow' -> '5'."""
+    number = re.match(r"\d+[a-z]?", stem).group()
+    return number.lstrip("0") or "0"
+
+
 def _where(use: dict[str, list[str]]) -> str:
-    chapters = [f"{{doc}}`ch. {int(stem[:2])} <../notebooks/{stem}>`" for stem in use["chapters"]]
+    chapters = [f"{{doc}}`ch. {_chapter_number(stem)} <../notebooks/{stem}>`" for stem in use["chapters"]]
     tests = [f"`{t}`" for t in use["tests"]]
     return ", ".join(chapters + tests) or "—"
 

@@ -43,3 +43,17 @@ def test_nothing_outside_the_chapters_cites_the_private_notes():
             if NOT_SHIPPED.search(line):
                 offenders.append(f"{file.relative_to(REPO)}:{number}: {line.strip()[:80]}")
     assert not offenders, "cite the paper or a check ID instead:\n" + "\n".join(offenders)
+
+
+@pytest.mark.parametrize("chapter", _toc_chapters())
+def test_every_chapter_is_a_valid_notebook_with_cell_ids(chapter):
+    """nbformat 4.5: every cell has an id, unique in its notebook (a cell written by hand without one only warns
+    today, and will fail in a later nbformat)."""
+    import json
+
+    import nbformat
+
+    raw = json.loads((REPO / "notebooks" / f"{chapter}.ipynb").read_text())  # nbformat.read fills missing ids in
+    ids = [cell.get("id") for cell in raw["cells"]]
+    assert (raw["nbformat"], raw["nbformat_minor"]) >= (4, 5) and all(ids) and len(set(ids)) == len(ids), chapter
+    nbformat.validate(raw)

@@ -90,3 +90,9 @@ def test_command_line_writes_and_checks(tmp_path, capsys):
     page.write_text(page.read_text() + "edited\n")
     assert checks.main(["--check", str(page)]) == 1
     assert "stale" in capsys.readouterr().err
+
+
+def test_the_page_names_each_chapter_by_its_number_and_part():
+    where = checks._where({"chapters": ["05_probability_flow", "11a_guidance", "11b_inverse_problems"], "tests": []})
+    assert where == ("{doc}`ch. 5 <../notebooks/05_probability_flow>`, {doc}`ch. 11a <../notebooks/11a_guidance>`, "
+                     "{doc}`ch. 11b <../notebooks/11b_inverse_problems>`")

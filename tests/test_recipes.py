@@ -13,7 +13,7 @@ from diffusion_lessons import recipes
 nbformat = pytest.importorskip("nbformat")
 
 PRETRAINED = re.compile(r'pretrained\(\\?"([\w.-]+)\\?"')
-NOTEBOOKS = sorted((FilePath(__file__).parent.parent / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = sorted((FilePath(__file__).parent.parent / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 
 
 def _code_cells(notebook) -> list[str]:

@@ -21,10 +21,10 @@ REPO = FilePath(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("setup_cells", REPO / "book" / "setup_cells.py")
 setup_cells = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(setup_cells)
-CHAPTERS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+CHAPTERS = sorted((REPO / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
 
 
-@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem[:2])
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem.split("_")[0])
 def test_every_chapter_starts_with_the_current_setup_cell(notebook):
     why = setup_cells.problem(json.loads(notebook.read_text()), setup_cells.cell_source())
     assert why is None, f"{notebook.name}: {why}; run python3 book/setup_cells.py --fix"
