@@ -132,7 +132,8 @@ def _pretrain(args) -> int:
         return 0
     from . import recipes
 
-    names = recipes.shipped_names() if args.book else args.only
+    # --book is the shipped set, which is also what --ship writes by default (replacing the whole set)
+    names = recipes.shipped_names() if args.book and not args.ship else args.only
     rows = (pretrain.ship if args.ship else pretrain.pretrain)(names, budget=args.budget)
     print(pretrain.format_table(rows))
     return 1 if any(row.source in ("failed", "claim fails") for row in rows) else 0
