@@ -9,6 +9,7 @@ Modules, by what they hold:
 * prediction   the model read as eps / x0 / score / velocity, and the count of its evaluations
 * ode          Euler, Heun (EDM Alg. 1), RK4, adaptive: the PF-ODE in t; `sample_ode` for any velocity field
 * exponential  DDIM, DPM-Solver-2, DPM-Solver-2M, DPM-Solver++(2M, 3M): exponential integrators in lambda
+* deis         tAB-DEIS (Zhang & Chen 2023): exponential integrator in sigma / alpha, Adams–Bashforth order 1-8
 * edm          EDM's stochastic Heun sampler (Alg. 2, churn) on any path, and EDM preconditioning
 * sde          Euler–Maruyama and predictor–corrector on the reverse SDE, Langevin, the forward SDE
 * evodiff      EVODiff (Li et al. 2025), order 2 with variance gates, from the authors' code

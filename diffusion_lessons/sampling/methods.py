@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 
 from ..paths import TARGETS, Path
-from . import edm, evodiff, exponential, ode, sde
+from . import deis, edm, evodiff, exponential, ode, sde
 from .grids import as_times
 from .prediction import Prediction
 
@@ -54,6 +54,7 @@ for _name, _run, _ends, _summary in [
     ("dpm2m", exponential.run_dpm2m, True, "multistep DPM-Solver-2M, noise prediction (1 NFE)"),
     ("dpm++2m", exponential.run_dpmpp_2m, True, "DPM-Solver++(2M), data prediction (variant dpmsolver|taylor)"),
     ("dpm++3m", exponential.run_dpmpp_3m, True, "DPM-Solver++(3M), data prediction"),
+    ("deis", deis.run_deis, True, "tAB-DEIS: exponential integrator, noise prediction Adams-Bashforth in t (order)"),
     ("edm", edm.run_edm, True, "EDM Alg. 2: Heun in sigma / alpha with churn (churn, s_tmin, s_tmax, s_noise)"),
     ("evodiff", evodiff.run_evodiff, False, "EVODiff order 2, data prediction, variance gates (denoise_to_zero)"),
     ("em", sde.run_em, True, "Euler-Maruyama on the reverse SDE (zeta, denoise)"),
