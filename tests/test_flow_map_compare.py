@@ -93,3 +93,30 @@ def test_figures_draw():
     assert len(fig.axes) == 2
     fig = fm.plot_digit_rows({"a": torch.zeros(12, 1, 16, 16), "b": torch.ones(12, 1, 16, 16)})
     assert len(fig.axes) == 2
+
+
+def _claims_table():
+    """Lower is better. Models: cd (best 1.0 at NFE 1), pd (students 2.0, 3.0, 6.0), mf (fails at every NFE);
+    solvers: euler (4.0 at NFE 1, 3.0 at NFE 2), heun (None at NFE 1: one evaluation is not a Heun step)."""
+    return {"cd": {1: 1.0, 2: 1.2, 4: 1.1}, "progressive distillation": {1: 6.0, 2: 3.0, 4: 2.0},
+            "mf": {1: 20.0, 2: 15.0, 4: 12.0}, "euler": {1: 4.0, 2: 3.0, 4: 2.0}, "heun": {1: None, 2: 3.6, 4: 1.5}}
+
+
+def test_few_step_claims_compare_best_against_best_and_pd_at_its_worst_student(capsys):
+    table, models, solvers = _claims_table(), ["cd", "progressive distillation", "mf"], ["euler", "heun"]
+    ratios = fm.check_few_step_claims(table, models, solvers, baseline=12.0, margin=2.5, factor=2.0, label="SW2",
+                                      no_claim={"mf": "shown failing"})
+    assert ratios == {1: 4.0, 2: 3.0 / 1.2}  # NFE 1: euler 4 / cd 1; NFE 2: euler 3 / cd 1.2 (heun 3.6 is worse)
+    out = capsys.readouterr().out
+    assert "progressive distillation (its worst student), SW2: 6 vs no-learning baseline 12: 2x lower" in out
+    assert "mf (its best NFE): SW2 12 vs the moment-matched Gaussian's 12 (factor 1.00; shown failing)" in out
+    with pytest.raises(AssertionError, match="NFE 2: cd beats euler by 2.50, not the required 2.6"):
+        fm.check_few_step_claims(table, models, solvers, 12.0, margin=2.6, factor=2.0, label="SW2",
+                                 no_claim={"mf": "shown failing"})
+    with pytest.raises(AssertionError, match="progressive distillation"):  # its best student (2.0) would pass
+        fm.check_few_step_claims(table, models, solvers, 12.0, margin=2.5, factor=2.1, label="SW2",
+                                 no_claim={"mf": "shown failing"})
+    with pytest.raises(AssertionError, match="mf"):  # without the exemption the failing model fails the claim
+        fm.check_few_step_claims(table, models, solvers, 12.0, margin=2.5, factor=2.0, label="SW2")
+    ratios = fm.check_few_step_claims(table, models, solvers, 12.0, margin=None, factor=None, label="FD")
+    assert math.isclose(ratios[2], 2.5) and "no claim on smoke-test weights" in capsys.readouterr().out

@@ -7,10 +7,12 @@ applied to the diffusion model they were distilled from.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
+from ..baselines import beats_baseline
 from ..paths import Path, convert, make_path
 from ..sampling import sample, sample_ode, time_grid
 from .consistency import ct_schedule, sample_consistency
@@ -20,6 +22,7 @@ from .samplers import AverageVelocityMap, sample_flow_map
 __all__ = [
     "ODE_SOLVERS",
     "average_velocity_generator",
+    "check_few_step_claims",
     "consistency_generator",
     "generator_of",
     "ode_generator",
@@ -139,3 +142,41 @@ def training_evaluations(results) -> float:
         per_sample = (1 + 2 / objective["bootstrap_every"]) if method == "shortcut" else _EVALUATIONS.get(method, 1)
         total += config["steps"] * config["batch_size"] * per_sample
     return total
+
+
+def check_few_step_claims(table: dict, models, solvers, baseline: float, margin: float | None, factor: float | None,
+                          label: str, nfes=(1, 2), no_claim: dict | None = None) -> dict:
+    """The chapter's two claims on a quality table {name: {nfe: value or None}} (lower is better), printed and
+    asserted; returns {nfe: best solver's value / best model's value}.
+
+    * at each NFE of `nfes`, the best of `models` beats the best of `solvers` by at least `margin`;
+    * each model beats the no-learning `baseline` by `factor` (``beats_baseline``), judged at its best NFE, except
+      progressive distillation (a list of students, one per NFE): at its worst student.
+
+    margin or factor None: that claim is printed, not asserted (weights trained for seconds); a model named in
+    `no_claim` is printed with the reason given there.
+    """
+    no_claim = no_claim or {}
+    ratios = {}
+    for nfe in nfes:
+        scored = {name: table[name][nfe] for name in (*models, *solvers) if table[name][nfe] is not None}
+        best_model = min((name for name in models if name in scored), key=scored.get)
+        best_solver = min((name for name in solvers if name in scored), key=scored.get)
+        ratios[nfe] = scored[best_solver] / scored[best_model]
+        claim = "no claim on smoke-test weights" if margin is None else f"asserted >= {margin:g}"
+        print(f"NFE {nfe}: best trained model {best_model} {label} {scored[best_model]:.4g}, best ODE solver "
+              f"{best_solver} {scored[best_solver]:.4g}: ratio {ratios[nfe]:.2f} ({claim})")
+        assert margin is None or ratios[nfe] >= margin, (f"NFE {nfe}: {best_model} beats {best_solver} by "
+                                                         f"{ratios[nfe]:.2f}, not the required {margin:g}")
+    for name in models:
+        values = [v for v in table[name].values() if v is not None]
+        worst = name == "progressive distillation"
+        value = max(values) if worst else min(values)
+        which = "its worst student" if worst else "its best NFE"
+        if factor is None or name in no_claim:
+            why = no_claim.get(name, "smoke-test weights, no claim")
+            print(f"{name} ({which}): {label} {value:.4g} vs the moment-matched Gaussian's {baseline:.4g} "
+                  f"(factor {baseline / value if value > 0 else math.inf:.2f}; {why})")
+        else:
+            beats_baseline(f"{name} ({which}), {label}", value, baseline, factor)
+    return ratios
