@@ -1,6 +1,6 @@
 """tAB-DEIS (Zhang & Chen 2023): the exponential integrator of the PF-ODE, multistep in the noise prediction.
 
-With kappa = sigma / alpha, the PF-ODE of any path with alpha > 0 is d(x / alpha) = eps_hat dkappa, so a step
+With kappa = sigma / alpha (the book's sigma~, EDM's noise level), the PF-ODE of any path with alpha > 0 is d(x / alpha) = eps_hat dkappa, so a step
 s -> t is exactly
 
     x_t / alpha_t = x_s / alpha_s + int_{kappa_s}^{kappa_t} eps_hat(x_tau, tau) dkappa(tau) .
@@ -12,9 +12,9 @@ exactly against dkappa:
     x_t / alpha_t = x_s / alpha_s + sum_j C_j eps_j,    C_j = int_{kappa_s}^{kappa_t} L_j(tau(kappa)) dkappa,
 
 with L_j the Lagrange basis polynomials of the nodes t_j. The C_j are computed by Gauss–Legendre quadrature in
-kappa (tau(kappa) is smooth, also onto sigma = 0, kappa = 0). Order 1 is DDIM; 1 NFE a step. DEIS's paper
-stops at order 3; on GMM2 with the exact score, orders 5-7 on a power grid in t are the first pair of this
-package to reach the accuracy of 1000-step Euler within 20 NFE (bench/RESULTS.md).
+kappa (tau(kappa) is smooth, also onto sigma = 0, kappa = 0). Order 1 is DDIM; 1 NFE a step. On GMM2 with the
+exact score, orders 5-7 on a power grid in t are the first pairs of this package to reach the accuracy of
+1000-step Euler within 20 NFE (bench/RESULTS.md).
 """
 from __future__ import annotations
 
