@@ -1,7 +1,7 @@
 """tAB-DEIS (Zhang & Chen 2023): the exponential integrator of the PF-ODE, multistep in the noise prediction.
 
-With kappa = sigma / alpha (the book's sigma~, EDM's noise level), the PF-ODE of any path with alpha > 0 is d(x / alpha) = eps_hat dkappa, so a step
-s -> t is exactly
+With kappa = sigma / alpha (the book's sigma~, EDM's noise level), the PF-ODE of any path with alpha > 0 is
+d(x / alpha) = eps_hat dkappa, so a step s -> t is exactly
 
     x_t / alpha_t = x_s / alpha_s + int_{kappa_s}^{kappa_t} eps_hat(x_tau, tau) dkappa(tau) .
 
