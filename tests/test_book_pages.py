@@ -57,3 +57,24 @@ def test_every_chapter_is_a_valid_notebook_with_cell_ids(chapter):
     ids = [cell.get("id") for cell in raw["cells"]]
     assert (raw["nbformat"], raw["nbformat_minor"]) >= (4, 5) and all(ids) and len(set(ids)) == len(ids), chapter
     nbformat.validate(raw)
+
+
+@pytest.mark.parametrize("chapter", _toc_chapters())
+def test_no_cell_shows_a_glued_value_as_a_stray_output(chapter):
+    """dl.glue returns its value, so a cell whose last statement is a bare dl.glue(...) prints that value under the
+    cell on the page, a number with no label; such a line ends with ';'."""
+    import ast
+    import json
+
+    raw = json.loads((REPO / "notebooks" / f"{chapter}.ipynb").read_text())
+    offenders = []
+    for index, cell in enumerate(raw["cells"]):
+        source = "".join(cell["source"])
+        if cell["cell_type"] != "code" or not source.strip() or source.lstrip().startswith(("%", "!")):
+            continue
+        last = ast.parse(source).body[-1]
+        is_glue = (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+                   and ast.unparse(last.value.func) in ("dl.glue", "glue"))
+        if is_glue and not source.rstrip().endswith(";"):
+            offenders.append(f"cell {index}: {source.rstrip().splitlines()[-1][:60]}")
+    assert not offenders, f"{chapter}: end these lines with ';' " + "; ".join(offenders)
