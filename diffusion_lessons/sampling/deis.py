@@ -19,7 +19,6 @@ exact score, orders 5-7 on a power grid in t are the first pairs of this package
 from __future__ import annotations
 
 import numbers
-from itertools import pairwise
 
 import numpy as np
 import torch
@@ -70,12 +69,13 @@ def run_deis(pred, x, times, generator, record, order: int = 3):
         raise ValueError(f"deis: order must be a whole number from 1 to {MAX_ORDER}; got {order!r}")
     for t in times[:-1]:
         _noise_prediction_start(pred.path, t, "deis")
+    alphas = [float(pred.path.alpha(t)) for t in times]
     taus, weights = _quadrature(pred.path, times)
     history: list[tuple[float, torch.Tensor]] = []
-    for i, (t, t_next) in enumerate(pairwise(times)):
+    for i, t in enumerate(times[:-1]):
         history = [*history, (t, pred(x, t, "eps"))][-order:]
         coeffs = _basis_integrals([t_j for t_j, _ in history], taus[i], weights[i])
         step = sum(c * eps for c, (_, eps) in zip(coeffs, history))
-        x = float(pred.path.alpha(t_next)) * (x / float(pred.path.alpha(t)) + step)
+        x = alphas[i + 1] * (x / alphas[i] + step)
         record(x)
     return x
