@@ -243,8 +243,9 @@ def _inverse_covariance_times(meas, second_order, x0_field, hessian, probes, pro
                 cov = (s**2 / a)[:, None, None] * 0.5 * (jac + jac.transpose(1, 2))
             else:
                 cov = (s**2 / a**2)[:, None, None] * (eye + (s**2)[:, None, None] * hessian(x.detach(), t))
-            evals, evecs = torch.linalg.eigh(cov)  # a network's estimate need not be positive semi-definite
-            cov = (evecs * evals.clamp_min(0.0)[:, None, :]) @ evecs.transpose(1, 2)
+            if bool(torch.linalg.cholesky_ex(cov).info.any()):  # a network's estimate need not be positive definite
+                evals, evecs = torch.linalg.eigh(cov)  # its negative eigenvalues are set to 0
+                cov = (evecs * evals.clamp_min(0.0)[:, None, :]) @ evecs.transpose(1, 2)
             A = meas.A.to(x)
             sigma = var_y * torch.eye(A.shape[0], dtype=x.dtype, device=x.device) + A @ cov @ A.T
         return torch.linalg.solve(sigma, r[..., None])[..., 0]

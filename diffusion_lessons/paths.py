@@ -42,6 +42,12 @@ def as_time(t, like: torch.Tensor | None = None, extend: bool = False) -> torch.
     if like is not None and not like.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor (float32 or float64); got {like.dtype}: "
                          "convert it with x.float() or x.double()")
+    if type(t) in (float, int):  # a plain number (the samplers' loops): checked without a tensor round trip
+        if not (math.isfinite(t) if extend else 0 <= t <= 1):
+            where = "a finite time (a field clamps it into [0, 1])" if extend else "in [0, 1]"
+            raise ValueError(f"time must lie {where} (t = 0 data, t = 1 noise); got {[float(t)]}")
+        return torch.tensor(min(max(t, 0.0), 1.0) if extend else t, dtype=torch.float64 if like is None else like.dtype,
+                            device=None if like is None else like.device)
     if isinstance(t, torch.Tensor):
         out = t if like is None else t.to(device=like.device, dtype=like.dtype)
     else:

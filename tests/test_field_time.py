@@ -78,3 +78,25 @@ def test_nan_times_and_paths_still_raise():
         dl.pf_velocity(dl.exact_score(gm, path), path)(x, torch.tensor([0.5, math.inf, 0.2], **F64))
     with pytest.raises(ValueError, match=r"time must lie in \[0, 1\] \(t = 0"):
         path.alpha(1.01)
+
+
+@pytest.mark.parametrize("extend", [False, True])
+def test_a_plain_number_is_read_as_the_same_tensor_and_checked_the_same_way(extend):
+    """as_time takes a shortcut for Python floats and ints; it must agree with the tensor route: value, dtype
+    (float64 alone, else like's), the clamping of extend=True, and the same error for every bad time."""
+    from diffusion_lessons.paths import as_time
+
+    like = torch.zeros(2, dtype=torch.float32)
+    for t in (0, 1, 0.0, 0.25, 1.0) + ((-0.5, 1.7, 3) if extend else ()):
+        for kwargs in ({}, {"like": like}):
+            got, want = as_time(t, extend=extend, **kwargs), as_time(torch.tensor(float(t), **F64), extend=extend,
+                                                                      **kwargs)
+            assert got.dtype == want.dtype == (torch.float32 if kwargs else torch.float64)
+            assert got.shape == () and float(got) == float(want) == min(max(float(t), 0.0), 1.0)
+    bad = (math.nan, math.inf, -math.inf) if extend else (math.nan, -0.1, 1.01, 2, -1, math.inf)
+    for t in bad:
+        with pytest.raises(ValueError) as by_number:
+            as_time(t, extend=extend)
+        with pytest.raises(ValueError) as by_tensor:
+            as_time(torch.tensor(float(t), **F64), extend=extend)
+        assert str(by_number.value) == str(by_tensor.value)

@@ -112,6 +112,28 @@ def test_dps_with_the_second_order_covariance_is_the_exact_likelihood_score_for_
     assert (as_eps - expected).abs().max() < 1e-10
 
 
+def test_dps_full_covariance_sets_negative_eigenvalues_of_an_estimate_to_zero():
+    """A Hessian estimate can make Cov[x0 | x] = sigma^2 / alpha^2 (I + sigma^2 H) indefinite; "full" then uses the
+    covariance with its negative eigenvalues set to 0. Reference in numpy: the model's score is -x, so
+    x0_hat = (1 - sigma^2) x / alpha and the likelihood gradient is
+    (1 - sigma^2) / alpha A^T Sigma^-1 (y - A x0_hat)."""
+    vp, t, var_y = dl.VP(BMIN, BMAX), 0.4, 0.05**2
+    a, s = (float(v) for v in (vp.alpha(t), vp.sigma(t)))
+    turn = np.array([[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]])
+    covs = [turn @ np.diag(d) @ turn.T for d in ([0.5, -1.5], [-2.0, -0.5], [1.0, 2.0])]  # I + sigma^2 H
+    hess = torch.tensor(np.stack([(c - np.eye(2)) / s**2 for c in covs]))
+    A, y = torch.eye(2), torch.tensor([0.7, -0.4])
+    x = torch.tensor([[0.3, -1.2], [2.0, 0.5], [-0.8, 0.1]])
+    guided = dps_guidance(lambda z, _: -z, vp, A, y, 0.05, target="score", second_order="full",
+                          hessian=lambda z, _: hess)(x, t)
+    for i, c in enumerate(covs):
+        evals, evecs = np.linalg.eigh(s**2 / a**2 * c)
+        cov = evecs @ np.diag(np.clip(evals, 0, None)) @ evecs.T
+        r = y.numpy() - (1 - s**2) * x[i].numpy() / a
+        expected = -x[i].numpy() + (1 - s**2) / a * np.linalg.solve(var_y * np.eye(2) + cov, r)
+        assert np.abs(guided[i].numpy() - expected).max() < 1e-10 * np.abs(expected).max()
+
+
 def test_dps_with_one_measurement_per_sample_is_each_samples_exact_likelihood_score():
     """y [N, M]: every sample gets the likelihood score of its own measurement. With the second-order covariance and a
     Gaussian prior each row is exact (the exact posterior of its own y); first-order rows differ from the exact score
