@@ -118,6 +118,22 @@ def test_mmd_zero_for_same_law_and_exact_for_a_shift():
     assert mmd(x, shifted) > 0  # median-heuristic bandwidth
 
 
+def test_mmd_in_blocks_is_the_u_statistic_written_out():
+    """Sets larger than one block of rows (512), of unequal sizes: the blockwise sums equal the U-statistic's
+    double sums written out in numpy, with i = j left out of the within-set means."""
+    x, y = _rng(21).normal(size=(1100, 3)), _rng(22).normal(size=(700, 3)) + 0.2
+    h = 1.3
+
+    def kernel(a, b):
+        return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / (2 * h**2))
+
+    kxx, kyy = kernel(x, x), kernel(y, y)
+    expected = ((kxx.sum() - np.trace(kxx)) / (1100 * 1099) + (kyy.sum() - np.trace(kyy)) / (700 * 699)
+                - 2 * kernel(x, y).mean())
+    got = mmd(torch.from_numpy(x), torch.from_numpy(y), h)
+    assert abs(got - expected) < 1e-12, (got, expected)
+    assert abs(mmd(torch.from_numpy(y), torch.from_numpy(x), h) - expected) < 1e-12
+
 def test_nearest_neighbour_distance_on_a_grid():
     grid = torch.stack(torch.meshgrid(torch.arange(5.0), torch.arange(5.0), indexing="ij"), -1).reshape(-1, 2).double()
     offsets = torch.from_numpy(_rng(13).uniform(-0.3, 0.3, size=(25, 2)))
