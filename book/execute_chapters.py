@@ -28,11 +28,28 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = ".jupyter_cache"
 
 
+GPU_BUDGET_ON_CPU = 12  # the timeout's factor when the gpu budget runs without CUDA
+
+
 def cell_timeout(repo: Path = REPO) -> int:
-    """_config.yml's execute.timeout: seconds a cell may run."""
+    """Seconds a cell may run: _config.yml's execute.timeout, which is sized for the smoke and laptop budgets
+    (and for the gpu budget on a GPU), times GPU_BUDGET_ON_CPU at the gpu budget on a machine without CUDA,
+    where its cells are honest work sized for a GPU (chapter 10's 2000 digits per sampler and NFE: about 20
+    minutes on a 2-core CPU), not hung."""
     import yaml
 
-    return int(yaml.safe_load((repo / "_config.yml").read_text())["execute"]["timeout"])
+    from diffusion_lessons import budget
+
+    seconds = int(yaml.safe_load((repo / "_config.yml").read_text())["execute"]["timeout"])
+    if budget.current() == "gpu" and not _cuda_available():
+        return seconds * GPU_BUDGET_ON_CPU
+    return seconds
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _execute(path: str, timeout: int):

@@ -60,3 +60,19 @@ def test_a_failing_chapter_is_reported_and_the_others_are_cached(book):
 def test_workers_must_be_positive(book):
     done = _run(book, "--workers", "0")
     assert done.returncode == 2 and "--workers must be at least 1" in done.stderr
+
+
+def test_the_cell_timeout_grows_only_for_the_gpu_budget_without_cuda(book, monkeypatch):
+    """_config.yml's timeout (60 s in this book) holds at smoke and laptop and for the gpu budget with CUDA; the gpu
+    budget on a CPU gets GPU_BUDGET_ON_CPU times as long (its cells are sized for a GPU)."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import execute_chapters
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    for name, cuda, expected in (("smoke", False, 60), ("laptop", False, 60), ("gpu", True, 60),
+                                 ("gpu", False, 60 * execute_chapters.GPU_BUDGET_ON_CPU)):
+        monkeypatch.setenv("DIFFUSION_LESSONS_BUDGET", name)
+        monkeypatch.setattr(execute_chapters, "_cuda_available", lambda cuda=cuda: cuda)
+        assert execute_chapters.cell_timeout(book) == expected, (name, cuda)
+    assert execute_chapters.GPU_BUDGET_ON_CPU > 1
