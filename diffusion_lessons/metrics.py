@@ -207,23 +207,22 @@ def mmd(x: torch.Tensor, y: torch.Tensor, bandwidth: float | None = None) -> flo
         bandwidth = float(dist.median()) if dist.numel() else 1.0
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be positive; got {bandwidth}")
-    sum_xx, diag_x = _kernel_sums(x, x, bandwidth)
-    sum_yy, diag_y = _kernel_sums(y, y, bandwidth)
-    term_x = (sum_xx - diag_x) / (n * (n - 1))
-    term_y = (sum_yy - diag_y) / (m * (m - 1))
-    return float(term_x + term_y - 2 * _kernel_sums(x, y, bandwidth)[0] / (n * m))
+    term_x = _kernel_sum(x, x, bandwidth, off_diagonal=True) / (n * (n - 1))
+    term_y = _kernel_sum(y, y, bandwidth, off_diagonal=True) / (m * (m - 1))
+    return float(term_x + term_y - 2 * _kernel_sum(x, y, bandwidth) / (n * m))
 
 
-def _kernel_sums(a: torch.Tensor, b: torch.Tensor, bandwidth: float, rows: int = 512):
-    """(sum_ij k(a_i, b_j), sum_i k(a_i, b_i)) of the Gaussian kernel, a block of rows at a time: memory
-    O(rows len(b)) instead of O(len(a) len(b)), and 3x faster at 5000 points. The diagonal is taken as cdist
-    computes it, which need not be exactly 0 between a point and itself."""
-    total, diagonal = a.new_zeros(()), a.new_zeros(())
+def _kernel_sum(a: torch.Tensor, b: torch.Tensor, bandwidth: float, off_diagonal: bool = False, rows: int = 512):
+    """sum_ij k(a_i, b_j) of the Gaussian kernel (i != j only, for a set with itself, when off_diagonal), a block of
+    rows at a time: memory O(rows len(b)) instead of O(len(a) len(b)), and 3x faster at 5000 points. The diagonal
+    is left out as cdist computes it, which need not be exactly 0 between a point and itself."""
+    total = a.new_zeros(())
     for start in range(0, a.shape[0], rows):
         block = torch.cdist(a[start:start + rows], b).square_().div_(-2 * bandwidth**2).exp_()
         total += block.sum()
-        diagonal += block[:, start:start + rows].diagonal().sum()
-    return total, diagonal
+        if off_diagonal:
+            total -= block[:, start:start + rows].diagonal().sum()
+    return total
 
 
 def nearest_neighbour_distance(samples: torch.Tensor, data: torch.Tensor, chunk: int = 1024) -> torch.Tensor:

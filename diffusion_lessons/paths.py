@@ -44,8 +44,7 @@ def as_time(t, like: torch.Tensor | None = None, extend: bool = False) -> torch.
                          "convert it with x.float() or x.double()")
     if type(t) in (float, int):  # a plain number (the samplers' loops): checked without a tensor round trip
         if not (math.isfinite(t) if extend else 0 <= t <= 1):
-            where = "a finite time (a field clamps it into [0, 1])" if extend else "in [0, 1]"
-            raise ValueError(f"time must lie {where} (t = 0 data, t = 1 noise); got {[float(t)]}")
+            _bad_time(extend, [float(t)])
         return torch.tensor(min(max(t, 0.0), 1.0) if extend else t, dtype=torch.float64 if like is None else like.dtype,
                             device=None if like is None else like.device)
     if isinstance(t, torch.Tensor):
@@ -61,9 +60,13 @@ def as_time(t, like: torch.Tensor | None = None, extend: bool = False) -> torch.
     if out.numel() and not torch.compiler.is_compiling():
         bad = ~torch.isfinite(out) if extend else ~((out >= 0) & (out <= 1))
         if bool(bad.any()):
-            where = "a finite time (a field clamps it into [0, 1])" if extend else "in [0, 1]"
-            raise ValueError(f"time must lie {where} (t = 0 data, t = 1 noise); got {out[bad].flatten()[:3].tolist()}")
+            _bad_time(extend, out[bad].flatten()[:3].tolist())
     return out.clamp(0.0, 1.0) if extend else out
+
+
+def _bad_time(extend: bool, values: list) -> None:
+    where = "a finite time (a field clamps it into [0, 1])" if extend else "in [0, 1]"
+    raise ValueError(f"time must lie {where} (t = 0 data, t = 1 noise); got {values}")
 
 
 def field_time(t, like: torch.Tensor | None = None):
